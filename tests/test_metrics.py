@@ -303,3 +303,35 @@ def test_meter_ignores_254_255_and_validates_shapes():
         empty.update(probs[:, :2], target)
     with pytest.raises(ValueError):
         empty.update(probs, target[:, :5])
+
+
+def _dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    pred, target = _random_seg(4, 5, 16, seed=5)
+    probs, ptarget = _random_probs(4, 5, 16, seed=6)
+    cm, um = ConfusionMatrix(5), UncertaintyMeter(5)
+    cm.update(pred[rank::world], target[rank::world])
+    um.update(probs[rank::world], ptarget[rank::world])
+    cm.all_reduce()  # default path: torch.distributed.all_reduce
+    um.all_reduce()
+    if rank == 0:
+        torch.save({"mat": cm.mat, **um.compute()}, out_file)
+    dist.destroy_process_group()
+
+
+def test_default_all_reduce_uses_torch_distributed(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "out.pt"
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    pred, target = _random_seg(4, 5, 16, seed=5)
+    probs, ptarget = _random_probs(4, 5, 16, seed=6)
+    cm, um = ConfusionMatrix(5), UncertaintyMeter(5)
+    cm.update(pred, target)
+    um.update(probs, ptarget)
+    assert torch.equal(got["mat"], cm.mat)
+    for k, v in um.compute().items():
+        assert got[k] == pytest.approx(v, abs=1e-12)
