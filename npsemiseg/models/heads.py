@@ -1,0 +1,48 @@
+"""The two non-NP heads on the DeepLabV3+ features F: the plain classifier and its MC-dropout twin.
+
+Both are the DeepLabV3+ fusion convs (3x3 conv, BN, ReLU, twice) and a 1x1 classifier. The MC-dropout head puts
+dropout after each fusion block and keeps it on in eval mode, so T full forward passes give T different
+predictions (the paper's uncertainty baseline).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npsemiseg.models.deeplab import conv_bn_relu
+
+
+class PlainHead(nn.Module):
+    """DeepLabV3+ fusion convs + 1x1 classifier: F (B x D x h x w) -> logits (B x C x h x w)."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.0,
+                 mc_dropout: bool = False) -> None:
+        super().__init__()
+        self.fuse1 = conv_bn_relu(in_channels, channels, 3)
+        self.fuse2 = conv_bn_relu(channels, channels, 3)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.p = dropout
+        self.mc_dropout = mc_dropout
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p <= 0:
+            return x
+        return F.dropout(x, self.p, training=self.training or self.mc_dropout)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self._drop(self.fuse1(feats))
+        x = self._drop(self.fuse2(x))
+        return self.classifier(x)
+
+
+class MCDropoutHead(PlainHead):
+    """PlainHead with dropout ``p`` that stays on at test time (MC dropout)."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float) -> None:
+        super().__init__(in_channels, channels, num_classes, dropout=dropout, mc_dropout=True)

@@ -1,0 +1,226 @@
+"""The neural-process head of NP-SemiSeg (spec sections 2, 3, 7, 9), on DeepLabV3+ features F.
+
+    q      = phi(F.detach())                          B x L x h x w  (phi trains, the backbone does not, here)
+    r_x(p) = sum_c softmax_c(-(q(p) - m_x[c])^2) m_x[c]   per latent dim, m_x = context / target bank centres
+    (mu, sigma) = MLP(mean_hw r_x), sigma = 0.1 + 0.9 softplus     posterior from the target bank, prior from context
+    z_t    = mu_post + sigma_post * eps_t,  t = 1..T;   d = mean_hw r_context
+    logits_t = dec(cat(z_t, F, d))                    T x B x C x h x w  (gradients reach the backbone through F)
+
+Only the spatial means of r are used, so the aggregator returns them directly; its custom backward uses the
+closed form d r / d q = 2 Var_a(m) and keeps only a B x L x h x w tensor, never the B x C x L x h x w one.
+The first decoder conv is split exactly: conv(F) once for all samples plus a per-sample bias from (z, d) that is
+corrected at the zero-padded border, so only the layers after it run T times.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from npsemiseg.models.banks import MemoryBank, gather_rows, subsample_per_class
+
+CHUNK_ELEMS = 1 << 23  # elements of one B x L x C x chunk block in the aggregator (32 MiB in float32)
+DECODE_ELEMS = 1 << 26  # first-conv output elements per no-grad decoder chunk of samples
+
+
+def _attend_chunks(q: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel E_a[m] and E_a[m^2] (B x L x P each) for q (B x L x P) and centres (C x L), chunked over P."""
+    b, dim, p = q.shape
+    m = centres.t().to(q.dtype)[None, :, :, None]  # 1 x L x C x 1
+    step = max(1, CHUNK_ELEMS // max(1, b * dim * centres.shape[0]))
+    r, e2 = torch.empty_like(q), torch.empty_like(q)
+    for s in range(0, p, step):
+        qs = q[:, :, None, s:s + step]
+        a = torch.softmax(-(qs - m) ** 2, dim=2)
+        r[:, :, s:s + step] = (a * m).sum(2)
+        e2[:, :, s:s + step] = (a * m * m).sum(2)
+    return r, e2
+
+
+class _AttendMean(torch.autograd.Function):
+    """mean over pixels of the per-dimension attention readout; centres are constants (buffers)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        r, e2 = _attend_chunks(q.flatten(2), centres)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(2.0 * (e2 - r * r))  # d r / d q = 2 Var_a(m), elementwise
+            ctx.q_shape = q.shape
+        return r.mean(2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        (dr_dq,) = ctx.saved_tensors
+        return (grad[:, :, None] * dr_dq / dr_dq.shape[2]).view(ctx.q_shape), None
+
+
+def attend_mean(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """mean_hw of r(p) = sum_c softmax_c(-(q(p)-m[c])^2) m[c], per dim: B x L x h x w, C x L -> B x L."""
+    return _AttendMean.apply(query, centres.detach())
+
+
+def attend_reference(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """The unchunked per-pixel readout r (B x L x h x w) with plain autograd (for tests and the spec)."""
+    m = centres.t()[None, :, :, None, None]
+    a = torch.softmax(-(query[:, :, None] - m) ** 2, dim=2)
+    return (a * m).sum(2)
+
+
+def kl_normal(mu_q: torch.Tensor, s_q: torch.Tensor, mu_p: torch.Tensor, s_p: torch.Tensor,
+              variance: bool = False) -> torch.Tensor:
+    """Mean over images of KL(N(mu_q, s_q) || N(mu_p, s_p)), summed over latent dims.
+
+    ``s`` is a standard deviation (intended); ``variance=True`` reads it as a variance, as the released code's KL
+    does while its sampler uses it as a std.
+    """
+    var_q, var_p = (s_q, s_p) if variance else (s_q * s_q, s_p * s_p)
+    kl = 0.5 * (torch.log(var_p / var_q) + (var_q + (mu_q - mu_p) ** 2) / var_p - 1.0)
+    return kl.sum(-1).mean()
+
+
+def border_masks(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """9 x h x w: mask[k](y, x) = 1 where the 3x3 kernel tap k (pad 1) reads inside the h x w map."""
+    def axis(n: int) -> torch.Tensor:
+        i = torch.arange(n, device=device)
+        return torch.stack([(i + o >= 0) & (i + o < n) for o in (-1, 0, 1)]).to(dtype)
+    my, mx = axis(h), axis(w)
+    return (my[:, None, :, None] * mx[None, :, None, :]).reshape(9, h, w)
+
+
+class NPHead(nn.Module):
+    """NP head: phi, attention aggregator over two banks' centres, latent MLP, decoder; banks as buffers."""
+
+    def __init__(self, in_channels: int, num_classes: int, latent_dim: int = 32, channels: int = 256,
+                 bank_capacity: int = 2560, pixels_per_class: int = 0, np_mode: str = "intended",
+                 test_latent: str = "posterior") -> None:
+        super().__init__()
+        L, D = latent_dim, in_channels  # noqa: N806 - the spec's names
+        self.num_classes, self.latent_dim, self.in_channels = num_classes, L, D
+        self.pixels_per_class, self.np_mode, self.test_latent = pixels_per_class, np_mode, test_latent
+        self.phi = nn.Sequential(
+            nn.Conv2d(D, L, 1), nn.InstanceNorm2d(L), nn.ReLU(inplace=True),
+            nn.Conv2d(L, L, 1), nn.InstanceNorm2d(L), nn.ReLU(inplace=True),
+            nn.Conv2d(L, L, 1),
+        )
+        self.latent_mlp = nn.Sequential(nn.Linear(L, L), nn.ReLU(inplace=True), nn.Linear(L, 2 * L))
+        self.dec1 = nn.Conv2d(2 * L + D, channels, 3, padding=1)  # input order: cat(z, F, d)
+        self.dec2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(channels)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.context_bank = MemoryBank(num_classes, bank_capacity, L)
+        self.target_bank = MemoryBank(num_classes, bank_capacity, L)
+        self._warned_empty = False
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def released(self) -> bool:
+        return self.np_mode == "released"
+
+    # ---- latent path ---------------------------------------------------------------------------------------
+    def _centres(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context, target) centres; the released code's evaluation sees all-zero centres (spec 7.2)."""
+        mc, mt = self.context_bank.centres, self.target_bank.centres
+        if not self.training:
+            if self.released:
+                return torch.zeros_like(mc), torch.zeros_like(mt)
+            if not self._warned_empty and self.context_bank.empty and self.target_bank.empty:
+                warnings.warn("NP head evaluated with empty memory banks: centres are zero (no training step "
+                              "has written the banks yet)", RuntimeWarning, stacklevel=3)
+                self._warned_empty = True
+        return mc, mt
+
+    def latent(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MLP(mean_hw r) -> (mu, sigma = 0.1 + 0.9 softplus(raw)), B x L each."""
+        mu, raw = self.latent_mlp(pooled).chunk(2, dim=-1)
+        return mu, 0.1 + 0.9 * F.softplus(raw)
+
+    # ---- decoder -------------------------------------------------------------------------------------------
+    def _first_conv(self, feats: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """dec1(cat(z_t, F, d)) for all t (T x B x Ch x h x w), with conv(F) computed once."""
+        L, D = self.latent_dim, self.in_channels  # noqa: N806
+        w = self.dec1.weight
+        base = F.conv2d(feats, w[:, L:L + D], self.dec1.bias, padding=1)  # B x Ch x h x w
+        taps = torch.einsum("olk,tbl->tbok", w[:, :L].flatten(2), z) \
+            + torch.einsum("olk,bl->bok", w[:, L + D:].flatten(2), d)[None]  # T x B x Ch x 9
+        masks = border_masks(feats.shape[2], feats.shape[3], feats.device, feats.dtype)
+        return base[None] + torch.einsum("tbok,khw->tbohw", taps, masks)
+
+    def _rest(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm(x))
+        x = F.relu(self.norm(self.dec2(x)))
+        return self.classifier(x)
+
+    def decode(self, feats: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Logits T x B x C x h x w for F (B x D x h x w), z (T x B x L), d (B x L)."""
+        t, b = z.shape[:2]
+        h, w = feats.shape[2:]
+        per_sample = b * self.dec1.out_channels * h * w
+        step = t if torch.is_grad_enabled() else max(1, DECODE_ELEMS // per_sample)
+        outs = []
+        for s in range(0, t, step):
+            x = self._first_conv(feats, z[s:s + step], d)
+            n = x.shape[0]
+            outs.append(self._rest(x.flatten(0, 1)).view(n, b, -1, h, w))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+
+    def decode_reference(self, feats: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """The naive decoder: T full passes over cat(z, F, d) (for the equivalence test)."""
+        h, w = feats.shape[2:]
+        outs = []
+        for zt in z:
+            x = torch.cat([zt[:, :, None, None].expand(-1, -1, h, w), feats,
+                           d[:, :, None, None].expand(-1, -1, h, w)], 1)
+            outs.append(self._rest(self.dec1(x)))
+        return torch.stack(outs)
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def forward(self, feats: torch.Tensor, num_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits T x B x C x h x w, KL scalar, query B x L x h x w) for decoder features F."""
+        query = self.phi(feats.detach())
+        mc, mt = self._centres()
+        pooled_c, pooled_t = attend_mean(query, mc), attend_mean(query, mt)
+        mu_c, s_c = self.latent(pooled_c)
+        mu_t, s_t = self.latent(pooled_t)
+        kl = kl_normal(mu_t, s_t, mu_c, s_c, variance=self.released)
+        use_prior = not self.training and self.test_latent == "prior"
+        mu, s = (mu_c, s_c) if use_prior else (mu_t, s_t)
+        eps = torch.randn((num_samples, *mu.shape), device=mu.device, dtype=mu.dtype)
+        z = mu[None] + s[None] * eps
+        return self.decode(feats, z, pooled_c), kl, query
+
+    # ---- banks ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def select_rows(self, query: torch.Tensor, labels: torch.Tensor,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bank rows (N x L) and classes (N) from a query and labels at the feature resolution.
+
+        Drops 254/255, keeps at most ``pixels_per_class`` random rows per class (0 = all); in released mode the
+        rows come from the scrambled gather. Labels at another resolution are downsampled (nearest) first.
+        """
+        if labels.shape[-2:] != query.shape[-2:]:
+            from npsemiseg.models.build import downsample_labels
+
+            labels = downsample_labels(labels, query.shape[-2:])
+        rows, cls = gather_rows(query.detach(), labels, self.num_classes, released=self.released)
+        return subsample_per_class(rows, cls, self.pixels_per_class, self.num_classes, generator)
+
+    @torch.no_grad()
+    def update_banks(self, ctx_rows: torch.Tensor, ctx_labels: torch.Tensor,
+                     tgt_rows: torch.Tensor, tgt_labels: torch.Tensor) -> None:
+        """FIFO-write context rows (labelled, ground truth) and target rows (the caller includes the labelled
+        rows as well as the pseudo-labelled ones, spec section 3) and recompute both banks' centres."""
+        self.context_bank.push(ctx_rows, ctx_labels)
+        self.target_bank.push(tgt_rows, tgt_labels)
+
+    @torch.no_grad()
+    def copy_banks_(self, other: NPHead) -> None:
+        """Copy both banks (rows, pointers, counts, centres) from another NP head, e.g. student -> teacher."""
+        self.context_bank.copy_(other.context_bank)
+        self.target_bank.copy_(other.target_bank)
