@@ -1,0 +1,131 @@
+"""Ray Train (V2) wiring: the per-worker function around the one loop, and the ``TorchTrainer`` factory.
+
+    trainer = build_trainer(cfg, num_workers=2, use_gpu=False, storage_path="/tmp/ray_runs", name="demo")
+    result = trainer.fit()          # result.metrics["val/miou"], result.checkpoint, result.best_checkpoints
+
+Each worker rebuilds the Config from a plain dict, makes a ``RayContext`` and calls ``engine.loop.fit``; the
+loop itself never imports Ray. The Tune layer calls ``build_trainer`` from its trial function.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from npsemiseg.config import Config, apply_overrides, config_from_dict
+from npsemiseg.distributed.context import RayContext, choose_backend
+from npsemiseg.errors import UserError
+
+SCORE_ATTRIBUTE = "val/miou"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker entry: Config from ``config["cfg"]``, a RayContext, then ``engine.loop.fit``.
+
+    Returns fit's final metrics (Ray hands rank 0's return value back as ``Result.return_value``).
+    """
+    from npsemiseg.engine.loop import fit
+
+    cfg = config_from_dict(config["cfg"])
+    ctx = RayContext(cfg)
+    return dict(fit(cfg, ctx) or {})
+
+
+def _absolute_out_dir(cfg: Config) -> Config:
+    """Workers run in a Ray session directory, so a relative ``out_dir`` must be resolved on the driver."""
+    if os.path.isabs(cfg.out_dir) or "://" in cfg.out_dir:
+        return cfg
+    return apply_overrides(cfg, {"out_dir": str(Path(cfg.out_dir).resolve())})
+
+
+def _storage(storage_path: str | None) -> str | None:
+    """Local paths become absolute (Ray requires it); URIs (s3://, gs://, ...) pass through untouched."""
+    if storage_path is None or "://" in storage_path:
+        return storage_path
+    return str(Path(storage_path).expanduser().resolve())
+
+
+def build_trainer(
+    cfg: Config,
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    storage_path: str | None,
+    name: str,
+    callbacks: Sequence[UserCallback] = (),
+    max_failures: int = 0,
+    resources_per_worker: dict[str, float] | None = None,
+    num_to_keep: int | None = 2,
+    train_fn: Callable[[dict[str, Any]], Any] = train_loop_per_worker,
+) -> TorchTrainer:
+    """A ``TorchTrainer`` that runs ``train_fn`` (default: the NP-SemiSeg loop) on ``num_workers`` ranks.
+
+    Backend nccl with GPUs, gloo without. Checkpoints go to ``storage_path/name`` (a local dir, an NFS mount or
+    an object-store URI); at most ``num_to_keep`` are kept, the best by ``val/miou`` plus always the latest.
+    ``max_failures`` restarts the worker group from the latest checkpoint after a worker error (-1 = forever).
+    Rerunning with the same ``storage_path`` and ``name`` resumes that run from its latest checkpoint.
+    """
+    if num_workers < 1:
+        raise UserError(f"--num-workers: must be >= 1, got {num_workers}")
+    if use_gpu and cfg.device == "cpu":
+        raise UserError("device: is 'cpu' but GPU workers were requested (--use-gpu); set device=auto or cuda")
+    if not name.strip("/"):
+        raise UserError(f"--name: run name must not be empty, got {name!r}")
+    cfg = _absolute_out_dir(cfg)
+    scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker)
+    run = RunConfig(
+        name=name,
+        storage_path=_storage(storage_path),
+        callbacks=list(callbacks),
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=num_to_keep, checkpoint_score_attribute=SCORE_ATTRIBUTE, checkpoint_score_order="max"
+        ),
+    )
+    return TorchTrainer(
+        train_fn,
+        train_loop_config={"cfg": cfg.to_dict()},
+        torch_config=TorchConfig(backend=choose_backend(use_gpu)),
+        scaling_config=scaling,
+        run_config=run,
+    )
+
+
+class ReportLog(UserCallback):
+    """Appends every report (rank 0's metrics, checkpoint path) and every worker failure to a JSON-lines file.
+
+    Runs in the Ray Train controller, so ``path`` must be writable from the node that hosts it (the driver's
+    node for a local run). Useful to audit a run after restarts: the ``step`` values must not skip or repeat.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        record = {"event": "report", "time": time.time(), "metrics": metrics[0] if metrics else {}}
+        record["checkpoint"] = checkpoint.path if checkpoint is not None else None
+        self._write(record)
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        errors = {str(rank): str(err).splitlines()[0] if str(err) else type(err).__name__
+                  for rank, err in worker_exceptions.items()}
+        self._write({"event": "failure", "time": time.time(), "errors": errors})
+
+
+def read_report_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records ``ReportLog`` wrote, in order."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
