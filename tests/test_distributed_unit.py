@@ -1,0 +1,183 @@
+"""Distributed layer without a Ray cluster: backend/norm choice, checkpoint hygiene, samplers, fault marker,
+trainer configuration, and the variable-length all-gather over a real 2-process gloo group."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from npsemiseg.config import Config, apply_overrides
+from npsemiseg.distributed.context import (
+    FaultInjector,
+    RayContext,
+    ShardSampler,
+    choose_backend,
+    clean_checkpoint,
+    ddp_kwargs,
+    scalar_metrics,
+    strip_module_prefix,
+    use_sync_bn,
+)
+
+
+def test_backend_choice() -> None:
+    assert choose_backend(use_gpu=True) == "nccl"
+    assert choose_backend(use_gpu=False) == "gloo"
+
+
+@pytest.mark.parametrize(
+    ("sync_bn", "device", "world", "expected"),
+    [
+        (True, "cuda", 2, True),
+        (True, "cuda", 1, False),  # nothing to synchronise with
+        (True, "cpu", 2, False),  # SyncBatchNorm has no CPU kernel
+        (False, "cuda", 4, False),
+    ],
+)
+def test_sync_bn_choice(sync_bn: bool, device: str, world: int, expected: bool) -> None:
+    cfg = apply_overrides(Config(), {"train.sync_bn": sync_bn})
+    assert use_sync_bn(cfg, torch.device(device), world) is expected
+
+
+def test_ddp_kwargs_by_head() -> None:
+    assert ddp_kwargs(apply_overrides(Config(), {"model.head": "np"})) == {"find_unused_parameters": True}
+    assert ddp_kwargs(apply_overrides(Config(), {"model.head": "plain"})) == {"find_unused_parameters": False}
+
+
+def test_syncbn_conversion_roundtrip_keeps_state_keys() -> None:
+    """SyncBN (what wrap_model applies on CUDA) has the same state-dict keys as BN, so checkpoints interchange."""
+    from npsemiseg.models.build import convert_syncbn_to_bn
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    assert isinstance(synced[1], nn.SyncBatchNorm)
+    assert set(synced.state_dict()) == set(net.state_dict())
+    back = convert_syncbn_to_bn(synced)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in back.modules())
+    assert isinstance(back[1], nn.BatchNorm2d)
+
+
+def test_strip_module_prefix_and_clean_checkpoint() -> None:
+    ddp_like = {"module.a.weight": torch.ones(1), "module.b": torch.zeros(2)}
+    assert list(strip_module_prefix(ddp_like)) == ["a.weight", "b"]
+    plain = {"a.weight": torch.ones(1)}
+    assert strip_module_prefix(plain) is plain
+    ckpt = {"model": ddp_like, "teacher": plain, "step": 3, "optimizer": {"state": {}}}
+    out = clean_checkpoint(ckpt)
+    assert list(out["model"]) == ["a.weight", "b"] and out["teacher"] is plain and out["step"] == 3
+    assert list(ckpt["model"]) == ["module.a.weight", "module.b"]  # input untouched
+
+
+def test_scalar_metrics_converts_tensors() -> None:
+    import numpy as np
+
+    out = scalar_metrics({"a": torch.tensor(0.5), "b": np.float32(2.0), "c": 3, "d": "x", "e": torch.tensor([1, 2])})
+    assert out == {"a": 0.5, "b": 2.0, "c": 3, "d": "x", "e": [1, 2]}
+    assert all(not isinstance(v, torch.Tensor) for v in out.values())
+
+
+@pytest.mark.parametrize(("n", "world"), [(7, 2), (5, 3), (1, 2), (4, 4)])
+def test_shard_sampler_partitions_without_padding(n: int, world: int) -> None:
+    data = list(range(n))
+    shards = [list(ShardSampler(data, r, world)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == data
+    assert [len(ShardSampler(data, r, world)) for r in range(world)] == [len(s) for s in shards]
+
+
+def test_fault_injector_fires_once_with_marker(tmp_path) -> None:
+    """Outside Ray the marker falls back to out_dir; a second injector (a restarted worker) does not fire."""
+    first = FaultInjector(3, rank=1, world_size=2, out_dir=str(tmp_path))
+    first.maybe_fail(2)  # before the step: nothing
+    with pytest.raises(RuntimeError, match="fail_at_step=3"):
+        first.maybe_fail(4)  # first report at or after step 3
+    marker = tmp_path / "fault_injected_step3"
+    assert marker.is_file() and "step=4" in marker.read_text()
+    restarted = FaultInjector(3, rank=1, world_size=2, out_dir=str(tmp_path))
+    restarted.maybe_fail(4)
+    restarted.maybe_fail(6)
+    FaultInjector(3, rank=0, world_size=2, out_dir=str(tmp_path / "other")).maybe_fail(5)  # not the failing rank
+    FaultInjector(-1, rank=0, world_size=1, out_dir=str(tmp_path / "off")).maybe_fail(10)  # disabled
+    assert not (tmp_path / "other").exists() and not (tmp_path / "off").exists()
+
+
+def test_build_trainer_configuration(tmp_path) -> None:
+    from npsemiseg.distributed.trainer import ReportLog, build_trainer
+    from npsemiseg.errors import UserError
+
+    cfg = apply_overrides(Config(), {"out_dir": "relative/run", "model.latent_dim": 16})
+    cb = ReportLog(tmp_path / "log.jsonl")
+    trainer = build_trainer(cfg, num_workers=3, use_gpu=False, storage_path=str(tmp_path / "store"), name="exp/t1",
+                            callbacks=[cb], max_failures=2, resources_per_worker={"CPU": 2}, num_to_keep=3)
+    run = trainer.run_config
+    assert run.name == "exp/t1" and run.storage_path == str(tmp_path / "store")
+    assert run.failure_config.max_failures == 2 and run.callbacks == [cb]
+    ck = run.checkpoint_config
+    assert (ck.num_to_keep, ck.checkpoint_score_attribute, ck.checkpoint_score_order) == (3, "val/miou", "max")
+    sc = trainer.scaling_config
+    assert (sc.num_workers, sc.use_gpu, sc.resources_per_worker) == (3, False, {"CPU": 2})
+    assert trainer.backend_config.backend == "gloo"
+    sent = trainer.train_loop_config["cfg"]
+    assert os.path.isabs(sent["out_dir"]) and sent["out_dir"].endswith("relative/run")
+    assert sent["model"] == cfg.to_dict()["model"]
+    uri = build_trainer(cfg, num_workers=1, use_gpu=False, storage_path="s3://bucket/runs", name="x")
+    assert uri.run_config.storage_path == "s3://bucket/runs"
+    with pytest.raises(UserError, match="num-workers"):
+        build_trainer(cfg, num_workers=0, use_gpu=False, storage_path=None, name="x")
+    with pytest.raises(UserError, match="device"):
+        build_trainer(apply_overrides(cfg, {"device": "cpu"}), num_workers=1, use_gpu=True, storage_path=None,
+                      name="x")
+
+
+def test_cluster_address(monkeypatch) -> None:
+    from npsemiseg.distributed import launch
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert launch.cluster_address() == "auto"
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr("ray._private.services.find_gcs_addresses", lambda: set())
+    assert launch.cluster_address() == "local"
+    monkeypatch.setattr("ray._private.services.find_gcs_addresses", lambda: {"127.0.0.1:6379"})
+    assert launch.cluster_address() == "auto"
+
+
+# --------------------------------------------------------------------------- all_gather_rows on real gloo
+def _bare_context(rank: int, world: int) -> RayContext:
+    """A RayContext with only the collective state (no Ray Train session needed for the collectives)."""
+    ctx = RayContext.__new__(RayContext)
+    ctx.rank, ctx.world_size, ctx.device, ctx.distributed = rank, world, torch.device("cpu"), True
+    return ctx
+
+
+def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ctx = _bare_context(rank, world)
+    n = [3, 5][rank]  # uneven
+    rows = torch.arange(n * 4, dtype=torch.float32).view(n, 4) + 100 * rank
+    labels = torch.full((n,), rank, dtype=torch.int64)
+    empty = torch.zeros(0, 4)
+    one_empty = torch.ones(2 * rank, 3)  # rank 0 has no rows
+    total = ctx.all_reduce_sum(torch.tensor([float(rank + 1), 1.0]))
+    torch.save(
+        {"rows": ctx.all_gather_rows(rows), "labels": ctx.all_gather_rows(labels),
+         "empty": ctx.all_gather_rows(empty), "one_empty": ctx.all_gather_rows(one_empty), "sum": total},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
+    dist.destroy_process_group()
+
+
+def test_all_gather_rows_variable_length_gloo(tmp_path) -> None:
+    world = 2
+    mp.spawn(_gather_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    expected_rows = torch.cat([torch.arange(12.0).view(3, 4), torch.arange(20.0).view(5, 4) + 100])
+    expected_labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
+    for r in range(world):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        assert torch.equal(got["rows"], expected_rows)
+        assert torch.equal(got["labels"], expected_labels) and got["labels"].dtype == torch.int64
+        assert got["empty"].shape == (0, 4)
+        assert torch.equal(got["one_empty"], torch.ones(2, 3))
+        assert got["sum"].tolist() == [3.0, 2.0]
