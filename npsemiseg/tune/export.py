@@ -1,0 +1,100 @@
+"""Export the best checkpoint of each split of a finished sweep: ``<experiment>/exports/<split>/``.
+
+    npsemiseg export --experiment ray_results/demo [--split demo/1_8]
+
+Reads ``results.parquet`` (no Ray needed), picks the full-budget trial with the highest val/miou per split and
+hands its best retained checkpoint to ``npsemiseg.engine.export.export_model``, which writes ``model.pt``,
+``config.yaml`` and ``metrics.json``. A ``sweep.json`` beside them records which trial it came from. Each export
+is written to a temporary folder and renamed into place, so a failure leaves no half-written export.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from npsemiseg.errors import UserError
+from npsemiseg.tune.results import best_per_split, read_results
+from npsemiseg.tune.sweep import split_slug
+
+CHECKPOINT_FILES = ("checkpoint.pt", "model.pt", "state.pt")
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file inside a Ray Train checkpoint directory (or the file itself)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise UserError(f"{p}: checkpoint not found (deleted, or retention removed it)")
+    for name in CHECKPOINT_FILES:
+        if (p / name).is_file():
+            return p / name
+    pts = sorted(p.glob("*.pt"))
+    if len(pts) == 1:
+        return pts[0]
+    raise UserError(f"{p}: no checkpoint file ({' / '.join(CHECKPOINT_FILES)}) in this checkpoint directory")
+
+
+def export_trial(row: dict[str, Any], params: list[str], out_dir: Path) -> Path:
+    """Export one results row's checkpoint into ``out_dir`` atomically."""
+    from npsemiseg.engine.export import export_model
+
+    if not row.get("checkpoint_path"):
+        raise UserError(f"trial {row['trial_id']} ({row['split']}): no retained checkpoint to export")
+    ckpt = checkpoint_file(row["checkpoint_path"])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        export_model(str(ckpt), tmp)
+        info = {
+            "split": row["split"], "trial_id": row["trial_id"], "checkpoint": str(ckpt),
+            "best_miou": row["best_miou"], "best_step": int(row["best_step"]), "iterations": int(row["iterations"]),
+            "params": {k: _plain(row.get(k)) for k in params},
+        }
+        (tmp / "sweep.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def export_experiment(path: str | Path, split: str | None = None) -> dict[str, Path]:
+    """Export the best full-budget trial of every split (or of ``split``); returns {split: export dir}."""
+    exp_dir = Path(path)
+    df, meta = read_results(exp_dir)
+    params = meta.get("params", [])
+    if split is not None and split not in set(df["split"]):
+        raise UserError(f"--split: {split!r} is not in {exp_dir / 'results.parquet'} "
+                        f"(splits: {', '.join(sorted(df['split'].unique()))})")
+    best = best_per_split(df if split is None else df[df["split"] == split])
+    out: dict[str, Path] = {}
+    for _, row in best.iterrows():
+        parts = Path(row["split"]).parts
+        dest = exp_dir / "exports" / (row["split"] if ".." not in parts and not Path(row["split"]).is_absolute()
+                                      else split_slug(row["split"]))
+        try:
+            out[row["split"]] = export_trial(row.to_dict(), params, dest)
+        except UserError as e:
+            print(f"[export] {row['split']}: best trial {row['trial_id']} not exported: {e}", flush=True)
+            continue
+        print(f"[export] {row['split']}: trial {row['trial_id']} (val/miou {row['best_miou']:.4f}) -> {dest}",
+              flush=True)
+    scope = df if split is None else df[df["split"] == split]
+    for s in sorted(set(scope["split"]) - set(best["split"])):
+        print(f"[export] {s}: nothing exported (no trial ran the full budget with a retained checkpoint)",
+              flush=True)
+    return out

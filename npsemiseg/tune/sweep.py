@@ -1,0 +1,249 @@
+"""Run a sweep: one Ray Tune ``Tuner`` with its own seeded Optuna TPE study and ASHA per label split.
+
+Layout of an experiment (``<storage_root>/<experiment>/``)::
+
+    optuna_journal.log     Optuna studies "<experiment>/<split>" (optuna-dashboard opens this file)
+    <split_slug>/          the split's Tune experiment (restorable with Tuner.restore)
+    <trial_id>/            each trial's Ray Train run "<experiment>/<trial_id>" with its checkpoints
+    results.parquet/.csv   one row per trial (npsemiseg.tune.results), history.parquet, pareto.*
+    plots/, exports/<split>/
+
+Rerunning the same command resumes: a split whose Tune directory can be restored is restored (finished trials are
+not rerun, unfinished ones restart and their Train runs continue from their last checkpoints).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from npsemiseg.errors import UserError
+from npsemiseg.tune.resources import TRIAL_DRIVER_CPU, TrialResources
+from npsemiseg.tune.space import SearchSpace
+from npsemiseg.tune.trial import TrialSpec, run_trial
+
+METRIC = "val/miou"
+# Secondary objectives of the multi-objective option and the direction Optuna optimises them in.
+OBJECTIVES = {"miou": ("val/miou", "max"), "ece": ("val/ece", "min"), "err_auroc": ("val/err_auroc", "max")}
+JOURNAL = "optuna_journal.log"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class SweepSettings:
+    """One sweep: what to search, over which splits, with what budget and resources."""
+
+    space: SearchSpace
+    experiment: str = "sweep"
+    storage_root: str = "ray_results"
+    splits: list[str] = field(default_factory=list)  # empty = the space file's splits
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied to the recipe for every trial
+    num_samples: int = 8  # trials per split
+    max_concurrent: int = 2
+    n_startup_trials: int = 10  # TPE's random start-up trials
+    seed: int = 0
+    grace_period: int | None = None  # in time_attr units; None = the space file's (or 1/4 of the budget)
+    reduction_factor: float | None = None
+    time_attr: str | None = None  # "step" or "training_iteration"
+    objectives: tuple[str, ...] = ("miou",)
+    resources: TrialResources = field(default_factory=TrialResources)
+    num_to_keep: int = 2
+    max_failures: int = 0
+    checkpoint_period_s: float = 2.0  # TUNE_GLOBAL_CHECKPOINT_S: how stale the restorable experiment state may be
+    trainer_factory: Any = None  # test seam for TrialSpec.trainer_factory
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.experiment):
+            raise UserError(f"--experiment: use letters, digits, '.', '_' or '-', got {self.experiment!r}")
+        self.splits = list(self.splits or self.space.splits)
+        if not self.splits:
+            raise UserError(f"{self.space.path}: splits: no label split to search (add splits or pass --splits)")
+        if self.num_samples < 1:
+            raise UserError(f"--trials: must be >= 1, got {self.num_samples}")
+        if self.max_concurrent < 1:
+            raise UserError(f"--max-concurrent: must be >= 1, got {self.max_concurrent}")
+        if self.n_startup_trials < 0:
+            raise UserError(f"--n-startup-trials: must be >= 0, got {self.n_startup_trials}")
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or not self.objectives or self.objectives[0] != "miou" or len(set(self.objectives)) != len(
+                self.objectives):
+            raise UserError(f"--objectives: use miou, miou,ece or miou,err_auroc, got {','.join(self.objectives)}")
+        asha = self.space.asha
+        self.time_attr = self.time_attr or asha.get("time_attr", "step")
+        if self.time_attr not in ("step", "training_iteration"):
+            raise UserError(f"--time-attr: must be step or training_iteration, got {self.time_attr!r}")
+        if self.reduction_factor is None:
+            self.reduction_factor = float(asha.get("reduction_factor", 2))
+        if self.reduction_factor <= 1:
+            raise UserError(f"--reduction-factor: must be > 1, got {self.reduction_factor}")
+        base = self.base_config()
+        if self.grace_period is None:
+            self.grace_period = int(asha.get("grace_period", max(1, self.max_t(base) // 4)))
+        if not 1 <= self.grace_period <= self.max_t(base):
+            raise UserError(f"--grace-period: must be in [1, {self.max_t(base)}] ({self.time_attr}), "
+                            f"got {self.grace_period}")
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.storage_root).resolve() / self.experiment
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def base_config(self) -> Any:
+        """The recipe + the space's proxy overrides + the user's overrides (validated)."""
+        return self.space.base_config(self.overrides)
+
+    def max_t(self, cfg: Any) -> int:
+        """The full budget in ASHA's time unit."""
+        if self.time_attr == "step":
+            return cfg.train.iters
+        return -(-cfg.train.iters // cfg.train.eval_every)
+
+    def metrics_and_modes(self) -> tuple[list[str], list[str]]:
+        names = [OBJECTIVES[o] for o in self.objectives]
+        return [n for n, _ in names], [m for _, m in names]
+
+
+def split_slug(split: str) -> str:
+    """A directory name for a split name (``demo/1_8`` -> ``demo_1_8``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", split).strip("_")
+
+
+def study_name(experiment: str, split: str) -> str:
+    return f"{experiment}/{split}"
+
+
+def journal_storage(experiment_dir: Path) -> Any:
+    """The experiment's Optuna journal storage (a plain log file optuna-dashboard can open)."""
+    import optuna
+
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    backend = optuna.storages.journal.JournalFileBackend(str(experiment_dir / JOURNAL))
+    return optuna.storages.JournalStorage(backend)
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short Tune trial directory names (the params are in the results table, not the path)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_searcher(settings: SweepSettings, split: str) -> Any:
+    """A seeded TPE ``OptunaSearch`` whose study ``<experiment>/<split>`` lives in the journal file."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics, modes = settings.metrics_and_modes()
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.n_startup_trials)
+    multi = settings.multi_objective
+    return OptunaSearch(
+        space=settings.space.optuna_distributions(),
+        metric=metrics if multi else metrics[0],
+        mode=modes if multi else modes[0],
+        sampler=sampler,
+        study_name=study_name(settings.experiment, split),
+        storage=journal_storage(settings.experiment_dir),
+    )
+
+
+def make_scheduler(settings: SweepSettings) -> Any:
+    """ASHA on val/miou; trials it stops are told to Optuna as COMPLETE with their last value."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr=settings.time_attr, metric=METRIC, mode="max", max_t=settings.max_t(settings.base_config()),
+        grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+    )
+
+
+def make_trainable(settings: SweepSettings, split: str) -> Any:
+    from ray import tune
+
+    spec = TrialSpec(
+        base=settings.base_config().to_dict(), split=split, experiment=settings.experiment,
+        storage_root=str(settings.experiment_dir.parent), resources=settings.resources,
+        num_to_keep=settings.num_to_keep, max_failures=settings.max_failures,
+        trainer_factory=settings.trainer_factory,
+    )
+    return tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": TRIAL_DRIVER_CPU})
+
+
+def run_split(settings: SweepSettings, split: str) -> Any:
+    """Fit (or restore and finish) the split's Tuner; returns its ``ResultGrid``."""
+    from ray import tune
+
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(settings.checkpoint_period_s)
+    path = settings.experiment_dir / split_slug(split)
+    trainable = make_trainable(settings, split)
+    if tune.Tuner.can_restore(str(path)):
+        print(f"[sweep] {split}: resuming {path}", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(settings, split), scheduler=make_scheduler(settings),
+                num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent,
+                trial_dirname_creator=trial_dirname, reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=split_slug(split), storage_path=str(settings.experiment_dir), verbose=settings.verbose,
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            ),
+        )
+    return tuner.fit()
+
+
+def plan_lines(settings: SweepSettings, cluster: dict[str, float] | None = None) -> list[str]:
+    """The human-readable plan printed before any trial starts."""
+    cfg = settings.base_config()
+    metrics, modes = settings.metrics_and_modes()
+    lines = [
+        f"experiment   {settings.experiment_dir}",
+        f"recipe       {settings.space.recipe or '(defaults)'} + {settings.space.path}",
+        f"splits       {len(settings.splits)} x {settings.num_samples} trials = "
+        f"{len(settings.splits) * settings.num_samples} trials: {', '.join(settings.splits)}",
+        f"search       Optuna TPE (seed {settings.seed}, {settings.n_startup_trials} start-up trials) over "
+        f"{', '.join(settings.space.keys)}",
+        f"objective    {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))}",
+        f"budget       {cfg.train.iters} steps per trial (eval every {cfg.train.eval_every}); ASHA on {METRIC}: "
+        f"{settings.time_attr}, grace {settings.grace_period}, reduction {settings.reduction_factor:g}",
+        f"resources    {settings.resources.describe()}; at most {settings.max_concurrent} trials at once",
+    ]
+    if cluster is not None:
+        fit = settings.resources.fits(cluster)
+        have = ", ".join(f"{k} {v:g}" for k, v in sorted(cluster.items()) if k in ("CPU", "GPU"))
+        lines.append(f"cluster      {have} -> {fit} trial(s) fit at once now")
+        if fit < 1:
+            lines.append("warning      no trial fits on the cluster yet (an autoscaler may add nodes)")
+    return lines
+
+
+def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
+    """Run every split, then write results, plots and exports; returns the results as a pandas DataFrame."""
+    import ray
+
+    from npsemiseg.tune import results as R
+
+    if not ray.is_initialized():
+        raise RuntimeError("run_sweep needs Ray initialised (npsemiseg.tune.session.connect)")
+    for line in plan_lines(settings, ray.cluster_resources()):
+        print(f"[plan] {line}", flush=True)
+    t0 = time.time()
+    grids = {}
+    for split in settings.splits:
+        grids[split] = run_split(settings, split)
+    df, hist = R.collect(settings, grids)
+    R.write_results(settings.experiment_dir, df, hist, settings)
+    print(R.summary_text(df, settings.space.keys), flush=True)
+    if export:
+        from npsemiseg.tune.export import export_experiment
+
+        export_experiment(settings.experiment_dir)
+    print(f"[sweep] done in {time.time() - t0:.0f} s; results in {settings.experiment_dir}", flush=True)
+    return df
