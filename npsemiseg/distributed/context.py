@@ -170,7 +170,8 @@ class RayContext(RunContext):
         """
         import ray.train.torch
 
-        if use_sync_bn(self.cfg, self.device, self.world_size):
+        has_sync = any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+        if use_sync_bn(self.cfg, self.device, self.world_size) and not has_sync:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if self.world_size > 1:
             ignore = _np_head_buffer_names(model)
@@ -240,7 +241,9 @@ class RayContext(RunContext):
 
         With a checkpoint, rank 0 saves it (state dicts without ``module.``) as ``checkpoint.pt`` in a temp dir
         and hands it to Ray, which copies it to storage under ``checkpoint_step<N>_...``; other ranks report
-        metrics only. Fault injection fires here, before the report, so the step is re-run after the restart.
+        metrics only. Each rank's ``rng`` entry is gathered into ``rng_per_rank`` so a resumed run continues
+        every rank's random streams, not rank 0's everywhere. Fault injection fires here, before the report, so
+        the steps since the last checkpoint are re-run after the restart.
         """
         import ray.train
 
@@ -252,11 +255,15 @@ class RayContext(RunContext):
             ray.train.report(metrics)
             return
         name = f"checkpoint_step{max(step, 0):08d}_{time.strftime('%Y%m%d-%H%M%S')}"
+        rngs = self._gather_rng(checkpoint.get("rng"))
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
             return
         with tempfile.TemporaryDirectory(prefix="npss_ckpt_") as tmp:
-            torch.save(clean_checkpoint(checkpoint), os.path.join(tmp, CHECKPOINT_FILE))
+            state = clean_checkpoint(checkpoint)
+            if rngs is not None:
+                state["rng_per_rank"] = rngs
+            torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
             ray.train.report(
                 metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name
             )
@@ -269,7 +276,19 @@ class RayContext(RunContext):
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return load_checkpoint_file(Path(d) / CHECKPOINT_FILE)
+            state = load_checkpoint_file(Path(d) / CHECKPOINT_FILE)
+        per_rank = state.get("rng_per_rank")
+        if isinstance(per_rank, list) and len(per_rank) == self.world_size:
+            state["rng"] = per_rank[self.rank]
+        return state
+
+    def _gather_rng(self, rng: Any) -> list[Any] | None:
+        """Every rank's RNG snapshot on rank 0 (None elsewhere, or when there is nothing to gather)."""
+        if not self.distributed or rng is None:
+            return None
+        out: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(rng, out, dst=0)
+        return out
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
