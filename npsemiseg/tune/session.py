@@ -16,13 +16,13 @@ from typing import Any
 
 
 def connect(address: str | None = None, use_gpu: bool = False, num_cpus: int | None = None,
-            dashboard_host: str = "127.0.0.1", temp_dir: str | None = None) -> str:
+            dashboard_host: str = "127.0.0.1", temp_dir: str | None = None, log_to_driver: bool = True) -> str:
     """Initialise Ray (once) and return the dashboard URL (or "" when the cluster has no dashboard)."""
     import ray
 
     if ray.is_initialized():
         return dashboard_url()
-    kw: dict[str, Any] = {"configure_logging": False, "log_to_driver": True}
+    kw: dict[str, Any] = {"configure_logging": False, "log_to_driver": log_to_driver}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, **kw)
