@@ -49,54 +49,55 @@ def _load_plain(cfg: Config, ckpt: dict[str, Any], key: str) -> nn.Module:
     return model
 
 
-def test_two_workers_complete_and_checkpoint_loads_into_plain_model(ray_session, tiny_cfg: Config, tmp_path):
-    cfg = apply_overrides(tiny_cfg, {"train.iters": 4, "train.eval_every": 2})
-    log_path = tmp_path / "reports.jsonl"
-    trainer = build_trainer(cfg, num_workers=2, use_gpu=False, storage_path=str(tmp_path / "store"),
-                            name="run2w", callbacks=[ReportLog(log_path)])
-    result = trainer.fit()
+@pytest.fixture(scope="module")
+def faulty_run(ray_session, demo_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One 2-worker run of 6 steps (reports every 2) in which rank 1 fails once at step 3; max_failures=1."""
+    from conftest import TINY_OVERRIDES
 
+    tmp = tmp_path_factory.mktemp("faulty")
+    over = dict(TINY_OVERRIDES, **{"data.root": str(demo_root / "voc"), "out_dir": str(tmp / "run"),
+                                   "device": "cpu", "train.iters": 6, "train.eval_every": 2,
+                                   "train.fail_at_step": 3})
+    cfg = apply_overrides(Config(), over)
+    log_path = tmp / "reports.jsonl"
+    trainer = build_trainer(cfg, num_workers=2, use_gpu=False, storage_path=str(tmp / "store"), name="faulty",
+                            callbacks=[ReportLog(log_path)], max_failures=1, num_to_keep=1)
+    result = trainer.fit()
+    return {"cfg": cfg, "result": result, "log": read_report_log(log_path), "run_dir": tmp / "store" / "faulty"}
+
+
+def test_two_workers_complete_and_checkpoint_loads_into_plain_model(faulty_run):
+    cfg, result = faulty_run["cfg"], faulty_run["result"]
     assert result.error is None
     miou = result.metrics["val/miou"]
     assert 0.0 <= miou <= 1.0 and not math.isnan(miou)
-    assert result.metrics["step"] == 4 and result.return_value["step"] == 4
-    assert _steps(read_report_log(log_path)) == [2, 4]
-    assert len(result.best_checkpoints) == 2  # num_to_keep=2, both kept
+    assert result.metrics["step"] == 6 and result.return_value["step"] == 6
+    assert result.return_value["val/miou"] == pytest.approx(miou)
 
     ckpt = torch.load(Path(result.checkpoint.path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    assert ckpt["step"] == 4
+    assert ckpt["step"] == 6
     for key in ("model", "teacher"):
         assert not any(k.startswith("module.") for k in ckpt[key])
-        plain = _load_plain(cfg, ckpt, key)
+        plain = _load_plain(cfg, ckpt, key)  # strict load into a plain, non-DDP model
         assert not isinstance(plain, nn.parallel.DistributedDataParallel)
     # the banks travelled in the checkpoint, and rank 1's RNG snapshot differs from rank 0's
     counts = [v for k, v in ckpt["model"].items() if k.endswith("_bank.count")]
-    assert counts and all(int(c.sum()) > 0 for c in counts)
+    assert len(counts) == 2 and all(int(c.sum()) > 0 for c in counts)
     per_rank = ckpt["rng_per_rank"]
     assert len(per_rank) == 2 and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
+    # num_to_keep=1: only the latest checkpoint is left in storage
+    kept = sorted(p.name for p in faulty_run["run_dir"].glob("checkpoint_step*"))
+    assert len(kept) == 1 and kept[0].startswith("checkpoint_step00000006")
 
 
-def test_fault_injection_restarts_from_checkpoint_without_step_gaps(ray_session, tiny_cfg: Config, tmp_path):
-    cfg = apply_overrides(tiny_cfg, {"train.iters": 6, "train.eval_every": 2, "train.fail_at_step": 3})
-    log_path = tmp_path / "reports.jsonl"
-    trainer = build_trainer(cfg, num_workers=2, use_gpu=False, storage_path=str(tmp_path / "store"),
-                            name="faulty", callbacks=[ReportLog(log_path)], max_failures=1, num_to_keep=1)
-    result = trainer.fit()
-
-    assert result.error is None
-    log = read_report_log(log_path)
-    events = [r["event"] for r in log]
-    assert events == ["report", "failure", "report", "report"]
+def test_fault_injection_restarts_from_checkpoint_without_step_gaps(faulty_run):
+    log = faulty_run["log"]
+    assert [r["event"] for r in log] == ["report", "failure", "report", "report"]
     failure = log[1]["errors"]
     assert list(failure) == ["1"] and "fail_at_step=3" in failure["1"]  # rank 1 raised, once
-    assert _steps(log) == [2, 4, 6]  # resumed from step 2: step 4 comes once, nothing repeats
-    assert (tmp_path / "store" / "faulty" / "fault_injected_step3").is_file()
-    assert result.metrics["step"] == 6
-    ckpt = torch.load(Path(result.checkpoint.path) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    assert ckpt["step"] == 6
-    # num_to_keep=1: the latest checkpoint stays, the others were deleted from storage
-    kept = sorted(p.name for p in (tmp_path / "store" / "faulty").glob("checkpoint_step*"))
-    assert len(kept) == 1 and kept[0].startswith("checkpoint_step00000006")
+    assert _steps(log) == [2, 4, 6]  # resumed from step 2's checkpoint: step 4 comes once, nothing repeats
+    assert all(r["checkpoint"] for r in log if r["event"] == "report")  # every report carried one
+    assert (faulty_run["run_dir"] / "fault_injected_step3").is_file()
 
 
 # --------------------------------------------------------------------------- bank synchronisation
