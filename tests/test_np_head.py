@@ -144,7 +144,7 @@ def test_kl_zero_positive_and_closed_form() -> None:
 
 
 def test_aggregator_matches_reference_values_and_gradients(monkeypatch) -> None:
-    monkeypatch.setattr(nph, "CHUNK_ELEMS", 48 * 8)  # force several chunks (8 pixels each)
+    monkeypatch.setattr(nph, "CHUNK_ELEMS", L * C * 8)  # force several chunks (8 pixels each)
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, L, 5, 7, generator=g, dtype=torch.double, requires_grad=True)
     m = torch.randn(C, L, generator=g, dtype=torch.double)

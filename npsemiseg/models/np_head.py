@@ -21,21 +21,27 @@ from torch import nn
 
 from npsemiseg.models.banks import MemoryBank, gather_rows, subsample_per_class
 
-CHUNK_ELEMS = 1 << 23  # elements of one B x L x C x chunk block in the aggregator (32 MiB in float32)
+CHUNK_ELEMS = 1 << 22  # elements of one L x chunk x C block in the aggregator (16 MiB in float32)
 DECODE_ELEMS = 1 << 26  # first-conv output elements per no-grad decoder chunk of samples
 
 
 def _attend_chunks(q: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel E_a[m] and E_a[m^2] (B x L x P each) for q (B x L x P) and centres (C x L), chunked over P."""
-    b, dim, p = q.shape
-    m = centres.t().to(q.dtype)[None, :, :, None]  # 1 x L x C x 1
-    step = max(1, CHUNK_ELEMS // max(1, b * dim * centres.shape[0]))
+    """Per-pixel E_a[m] and E_a[m^2] (L x N each) for q (L x N) and centres (C x L), chunked over N.
+
+    One shifted exp per (dim, pixel, class) and a batched matmul against [1, m, m^2] give the softmax's
+    normaliser and both moments in one pass (cheaper than softmax + two weighted sums).
+    """
+    dim, n = q.shape
+    m = centres.t().to(q.dtype).contiguous()  # L x C
+    weights = torch.stack([torch.ones_like(m), m, m * m], -1)  # L x C x 3
+    step = max(1, CHUNK_ELEMS // max(1, dim * centres.shape[0]))
     r, e2 = torch.empty_like(q), torch.empty_like(q)
-    for s in range(0, p, step):
-        qs = q[:, :, None, s:s + step]
-        a = torch.softmax(-(qs - m) ** 2, dim=2)
-        r[:, :, s:s + step] = (a * m).sum(2)
-        e2[:, :, s:s + step] = (a * m * m).sum(2)
+    for s in range(0, n, step):
+        d2 = (q[:, s:s + step, None] - m[:, None, :]).square_()  # L x n x C
+        e = torch.exp_(d2.amin(-1, keepdim=True) - d2)  # shifted so the largest weight is exp(0) = 1
+        stats = torch.bmm(e, weights)  # L x n x 3: normaliser, sum a m, sum a m^2 (unnormalised)
+        r[:, s:s + step] = stats[..., 1] / stats[..., 0]
+        e2[:, s:s + step] = stats[..., 2] / stats[..., 0]
     return r, e2
 
 
@@ -44,18 +50,21 @@ class _AttendMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        r, e2 = _attend_chunks(q.flatten(2), centres)
+        b, dim = q.shape[:2]
+        r, e2 = _attend_chunks(q.flatten(2).transpose(0, 1).reshape(dim, -1), centres)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(2.0 * (e2 - r * r))  # d r / d q = 2 Var_a(m), elementwise
+            ctx.save_for_backward(2.0 * (e2 - r * r))  # d r / d q = 2 Var_a(m), elementwise (L x B*P)
             ctx.q_shape = q.shape
-        return r.mean(2)
+        return r.view(dim, b, -1).mean(2).t()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
         if not ctx.needs_input_grad[0]:
             return None, None
         (dr_dq,) = ctx.saved_tensors
-        return (grad[:, :, None] * dr_dq / dr_dq.shape[2]).view(ctx.q_shape), None
+        b, dim = ctx.q_shape[:2]
+        g = dr_dq.view(dim, b, -1) * (grad.t()[:, :, None] / dr_dq.shape[1] * b)
+        return g.transpose(0, 1).reshape(ctx.q_shape), None
 
 
 def attend_mean(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

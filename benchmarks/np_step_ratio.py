@@ -1,0 +1,91 @@
+"""P1: NP-head training step time / plain-classifier step time, same backbone and batch (target <= 1.15x).
+
+    .venv/bin/python benchmarks/np_step_ratio.py                      # ResNet-50 OS8, crop 321, batch 2, T=5
+    .venv/bin/python benchmarks/np_step_ratio.py --crop 161 --repeats 3   # quicker
+    .venv/bin/python benchmarks/np_step_ratio.py --smoke-test
+
+A step is what the student does in the loop: forward (NP: T latent samples), cross-entropy on the mean logits
+upsampled to the crop, + KL for NP, backward, SGD step, and for NP the bank write (select_rows + update_banks).
+The two models are timed alternately (interleaved repeats) and the median ratio is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from npsemiseg.config import ModelConfig
+from npsemiseg.models import build_model, downsample_labels, upsample_logits
+
+
+def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t: int, kl_weight: float):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step() -> None:
+        out = model(x, num_samples=t)
+        loss = F.cross_entropy(upsample_logits(out.logits.mean(0), y.shape[-2:]), y, ignore_index=255)
+        loss = loss + kl_weight * out.kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        head = model.np_head
+        if head is not None:
+            lab = downsample_labels(y, out.query.shape[-2:])
+            rows, cls = head.select_rows(out.query, lab)
+            head.update_banks(rows, cls, rows, cls)
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--output-stride", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=321)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--classes", type=int, default=21)
+    ap.add_argument("--t", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--smoke-test", action="store_true", help="tiny model, one repeat")
+    a = ap.parse_args(argv)
+    if a.smoke_test:
+        a.backbone, a.width, a.crop, a.repeats, a.warmup = "resnet18", 8, 64, 1, 0
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    aspp = 256 if a.width >= 64 else 4 * a.width
+    common = dict(backbone=a.backbone, width=a.width, output_stride=a.output_stride, aspp_channels=aspp)
+    x = torch.randn(a.batch, 3, a.crop, a.crop)
+    y = torch.randint(0, a.classes, (a.batch, a.crop, a.crop))
+    y[:, :4] = 255
+    steps = {}
+    for head in ("plain", "np"):
+        model = build_model(ModelConfig(head=head, **common), a.classes).train()
+        steps[head] = make_step(model, x, y, a.t if head == "np" else 1, 0.005)
+    for _ in range(a.warmup):
+        for s in steps.values():
+            s()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(a.repeats):
+        for name, s in steps.items():
+            t0 = time.perf_counter()
+            s()
+            times[name].append(time.perf_counter() - t0)
+    ratios = [n / p for n, p in zip(times["np"], times["plain"])]
+    print(f"{a.backbone} width {a.width} OS{a.output_stride} crop {a.crop} batch {a.batch} T={a.t} "
+          f"threads {torch.get_num_threads()} repeats {a.repeats} (interleaved)")
+    for name in steps:
+        print(f"  {name:5s} step: median {statistics.median(times[name]):.3f} s  "
+              f"[{', '.join(f'{v:.3f}' for v in times[name])}]")
+    print(f"NP step / plain step: median {statistics.median(ratios):.3f}x "
+          f"(per-repeat {', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.15x)")
+
+
+if __name__ == "__main__":
+    main()
