@@ -107,3 +107,16 @@ def test_corrupt_image_and_bad_label_fail_at_load(tiny_cfg, demo_root, tmp_path)
     save_mask(mask_path, m)
     with pytest.raises(UserError, match=f"{mask_path.name}: label value 30 outside 0..20"):
         td.labelled[1]
+
+
+def test_worker_errors_keep_one_line_naming_the_file(tiny_cfg, demo_root, tmp_path):
+    root = tmp_path / "voc"
+    shutil.copytree(demo_root / "voc", root)
+    td = build_datasets(apply_overrides(tiny_cfg, {"data.root": str(root)}))
+    for s in td.unlabelled.samples:
+        s.image.write_bytes(b"garbage")
+    loader = torch.utils.data.DataLoader(td.unlabelled, batch_size=2, num_workers=1)
+    with pytest.raises(UserError) as e:
+        next(iter(loader))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(root)) and "cannot read image" in msg

@@ -1,8 +1,8 @@
 """Reading images and index masks with one-line errors, and atomic writes.
 
-Every reader raises ``UserError`` naming the file (missing, corrupt, truncated, wrong mask mode, bad label
-value), so the CLI can print one line. Writers go through a temp file in the same folder and ``os.replace``:
-an interrupted run never leaves a half-written PNG/JPEG/text file behind.
+Every reader raises ``DataError`` (a ``UserError``) naming the file (missing, corrupt, truncated, wrong mask
+mode, bad label value), so the CLI can print one line. Writers go through a temp file in the same folder and
+``os.replace``: an interrupted run never leaves a half-written PNG/JPEG/text file behind.
 """
 from __future__ import annotations
 
@@ -24,6 +24,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class DataError(UserError):
+    """A bad data file. Keeps its one-line message when a DataLoader worker re-raises it in the main process.
+
+    torch re-creates worker exceptions as ``type(msg)`` with msg = "Caught X in DataLoader worker ...\nOriginal
+    Traceback ... <module>.X: <our message>"; we recover our message from that last line so the CLI's single
+    line still names the file.
+    """
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+            message = last[len(prefix):] if last.startswith(prefix) else last
+        super().__init__(message)
+
+
 def _why(e: BaseException) -> str:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     return msg
@@ -37,9 +53,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             im.load()
             arr = np.array(im.convert("RGB"))  # writable copy (torch.from_numpy needs one)
     except FileNotFoundError:
-        raise UserError(f"{p}: image not found") from None
+        raise DataError(f"{p}: image not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{p}: cannot read image ({_why(e)})") from None
+        raise DataError(f"{p}: cannot read image ({_why(e)})") from None
     return arr
 
 
@@ -56,16 +72,16 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
             mode = im.mode
             arr = np.array(im)
     except FileNotFoundError:
-        raise UserError(f"{p}: mask not found") from None
+        raise DataError(f"{p}: mask not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{p}: cannot read mask ({_why(e)})") from None
+        raise DataError(f"{p}: cannot read mask ({_why(e)})") from None
     if mode not in ("P", "L", "I", "I;16", "1"):
-        raise UserError(f"{p}: mask has mode {mode}; expected a palette or grayscale index PNG (class ids)")
+        raise DataError(f"{p}: mask has mode {mode}; expected a palette or grayscale index PNG (class ids)")
     if arr.ndim != 2:
-        raise UserError(f"{p}: mask must be single-channel, got shape {arr.shape}")
+        raise DataError(f"{p}: mask must be single-channel, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise UserError(f"{p}: label value {int(arr.max())} outside 0..255")
+            raise DataError(f"{p}: label value {int(arr.max())} outside 0..255")
         arr = arr.astype(np.uint8)
     if num_classes is not None:
         check_labels(arr, num_classes, p)
@@ -77,7 +93,7 @@ def check_labels(mask: np.ndarray, num_classes: int, where: str | os.PathLike) -
     bad = (mask >= num_classes) & (mask != IGNORE)
     if bad.any():
         value = int(mask[bad].flat[0])
-        raise UserError(f"{where}: label value {value} outside 0..{num_classes - 1} and {IGNORE} (ignore)")
+        raise DataError(f"{where}: label value {value} outside 0..{num_classes - 1} and {IGNORE} (ignore)")
 
 
 def image_size(path: str | os.PathLike, kind: str = "image") -> tuple[int, int]:
@@ -87,16 +103,16 @@ def image_size(path: str | os.PathLike, kind: str = "image") -> tuple[int, int]:
         with Image.open(p) as im:
             w, h = im.size
     except FileNotFoundError:
-        raise UserError(f"{p}: {kind} not found") from None
+        raise DataError(f"{p}: {kind} not found") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{p}: cannot read {kind} ({_why(e)})") from None
+        raise DataError(f"{p}: cannot read {kind} ({_why(e)})") from None
     return h, w
 
 
 def check_pair(image: np.ndarray, mask: np.ndarray, mask_path: str | os.PathLike) -> None:
     """Raise UserError when a mask's size differs from its image's."""
     if image.shape[:2] != mask.shape[:2]:
-        raise UserError(
+        raise DataError(
             f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} != image size {image.shape[1]}x{image.shape[0]}"
         )
 
