@@ -29,6 +29,7 @@ def tiny(**kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
+@pytest.mark.filterwarnings("ignore:NP head evaluated with empty memory banks")
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet34", "resnet50", "resnet101"])
 @pytest.mark.parametrize("head", ["plain", "mcdropout", "np"])
 def test_shapes_every_backbone_and_head(backbone: str, head: str) -> None:
@@ -36,9 +37,12 @@ def test_shapes_every_backbone_and_head(backbone: str, head: str) -> None:
     os_ = 8 if head == "np" else 16
     model = build_model(tiny(backbone=backbone, head=head, output_stride=os_, deep_stem=backbone == "resnet50"), C)
     x = torch.randn(2, 3, 64, 64)
-    for t in (1, 3):
-        out = model(x, num_samples=t)
-        expect_t = 1 if head == "plain" else t
+    for t, train in ((1, True), (3, True), (3, False)):
+        model.train(train)
+        with torch.set_grad_enabled(train):
+            out = model(x, num_samples=t)
+        # plain: always one; MC dropout: T full passes at eval, ordinary dropout training (one pass) in training
+        expect_t = 1 if head == "plain" or (head == "mcdropout" and train) else t
         assert out.logits.shape == (expect_t, 2, C, 16, 16)
         assert out.kl.shape == ()
         assert torch.isfinite(out.logits).all()
@@ -48,6 +52,10 @@ def test_shapes_every_backbone_and_head(backbone: str, head: str) -> None:
         else:
             assert out.query is None and model.np_head is None
             assert out.kl.item() == 0.0
+    model.train()
+    model.zero_grad()
+    model(x, num_samples=2).logits.mean().backward()
+    assert model.encoder.backbone.layer4[-1].conv2.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("os_,deep_stem", [(8, False), (16, False), (8, True), (16, True)])

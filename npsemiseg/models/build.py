@@ -4,7 +4,8 @@
     out = model(x, num_samples=5)          # out.logits: T x B x C x H/4 x W/4, out.kl, out.query
     probs = mean_probs(upsample_logits(out.logits, x.shape[-2:]))
 
-Plain: T is ignored (T = 1). MC dropout: T full passes with dropout on. NP: one encoder pass, T latent samples.
+Plain: T is ignored (T = 1). MC dropout: T full passes with dropout on in eval mode (one pass in training mode:
+ordinary dropout training). NP: one encoder pass, T latent samples, in both modes.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class SegModel(nn.Module):
         if isinstance(self.head, NPHead):
             logits, kl, query = self.head(self.encoder(x), num_samples)
             return SegOutput(logits, kl, query)
-        passes = num_samples if isinstance(self.head, MCDropoutHead) else 1
+        # MC dropout: T full passes at evaluation; training is ordinary dropout training (one pass)
+        passes = num_samples if isinstance(self.head, MCDropoutHead) and not self.training else 1
         logits = torch.stack([self.head(self.encoder(x)) for _ in range(passes)])
         return SegOutput(logits, logits.new_zeros(()), None)
 

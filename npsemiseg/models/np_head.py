@@ -68,8 +68,12 @@ class _AttendMean(torch.autograd.Function):
 
 
 def attend_mean(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """mean_hw of r(p) = sum_c softmax_c(-(q(p)-m[c])^2) m[c], per dim: B x L x h x w, C x L -> B x L."""
-    return _AttendMean.apply(query, centres.detach())
+    """mean_hw of r(p) = sum_c softmax_c(-(q(p)-m[c])^2) m[c], per dim: B x L x h x w, C x L -> B x L.
+
+    Computed in (at least) float32 whatever the autocast dtype: squared distances overflow float16 easily.
+    """
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    return _AttendMean.apply(query.to(dtype), centres.detach().to(dtype))
 
 
 def attend_reference(query: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -122,7 +126,6 @@ class NPHead(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.context_bank = MemoryBank(num_classes, bank_capacity, L)
         self.target_bank = MemoryBank(num_classes, bank_capacity, L)
-        self._warned_empty = False
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_normal_(m.weight)
@@ -139,10 +142,9 @@ class NPHead(nn.Module):
         if not self.training:
             if self.released:
                 return torch.zeros_like(mc), torch.zeros_like(mt)
-            if not self._warned_empty and self.context_bank.empty and self.target_bank.empty:
+            if self.context_bank.empty and self.target_bank.empty:  # Python shows it once per call site
                 warnings.warn("NP head evaluated with empty memory banks: centres are zero (no training step "
-                              "has written the banks yet)", RuntimeWarning, stacklevel=3)
-                self._warned_empty = True
+                              "has written the banks yet)", RuntimeWarning, stacklevel=2)
         return mc, mt
 
     def latent(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
