@@ -98,7 +98,9 @@ def fit(cfg: Config, ctx: RunContext | None = None) -> dict[str, Any]:
         log.info("resumed at step %d (epoch %d, batch %d)", state.step, state.epoch, state.index)
     else:
         seed_everything(cfg.seed + 1000 * ctx.rank + 1)  # per-rank augmentation streams, same initial weights
-    semi = cfg.train.semi
+    semi = cfg.train.semi and data.unlabelled is not None and len(data.unlabelled) > 0
+    if cfg.train.semi and not semi:
+        log.warning("split %s has no unlabelled images: training supervised-only", cfg.data.split)
     batches = _Batches(cfg, ctx, data.labelled, data.unlabelled if semi else None)
     if state.step >= cfg.train.iters:
         return dict(state.metrics)

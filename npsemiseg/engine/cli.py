@@ -1,0 +1,141 @@
+"""Engine subcommands: ``train``, ``evaluate``, ``predict``, ``export``.
+
+    npsemiseg train --config configs/demo.yaml [key=value ...] [--num-workers N --use-gpu --storage-path P --ray]
+    npsemiseg evaluate --checkpoint runs/demo/checkpoints/last.pt [--data-root R] [key=value ...]
+    npsemiseg predict --checkpoint exports/demo IMAGES... --out preds [--samples T]
+    npsemiseg export --checkpoint runs/demo/checkpoints/last.pt --out exports/demo
+    npsemiseg export --experiment ray_results/voc_demo [--split demo/1_8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from npsemiseg.errors import UserError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from npsemiseg.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.num_workers < 1:
+        raise UserError(f"--num-workers: must be >= 1, got {args.num_workers}")
+    if args.num_workers > 1 or args.ray:
+        from npsemiseg.distributed.launch import run_distributed
+
+        metrics = run_distributed(cfg, num_workers=args.num_workers, use_gpu=args.use_gpu,
+                                  storage_path=args.storage_path)
+    else:
+        from npsemiseg.engine.context import LocalContext
+        from npsemiseg.engine.loop import fit
+
+        device = "cuda" if args.use_gpu else cfg.device
+        metrics = fit(cfg, LocalContext(cfg.out_dir, device, resume=not args.no_resume))
+    print(format_metrics(metrics, title=f"{cfg.name}: final metrics (checkpoints under {cfg.out_dir})"))
+    return 0
+
+
+def format_metrics(metrics: dict[str, Any], title: str = "") -> str:
+    """A two-column table of the scalar metrics (per-class IoU folded into one line)."""
+    rows = [title] if title else []
+    per_class = {k: v for k, v in metrics.items() if "/iou/" in k}
+    for k, v in metrics.items():
+        if k in per_class or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        rows.append(f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}")
+    if per_class:
+        vals = " ".join("-" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" for v in per_class.values())
+        rows.append(f"  {'per-class IoU':<22} {vals}")
+    return "\n".join(rows)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from npsemiseg.data import build_datasets
+    from npsemiseg.engine.context import RunContext
+    from npsemiseg.engine.evaluate import evaluate
+    from npsemiseg.engine.export import load_for_inference
+
+    overrides = list(args.overrides)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    device = "cuda" if args.use_gpu else "cpu"
+    model, cfg, _ = load_for_inference(args.checkpoint, overrides, device)
+    data = build_datasets(cfg)
+    metrics = evaluate(model, data.val, data.num_classes, mode=cfg.train.val_mode, crop_size=cfg.data.crop_size,
+                       num_samples=args.samples or cfg.model.t_eval, ctx=RunContext(device),
+                       limit=cfg.data.val_limit, batch_size=cfg.data.val_batch_size, seed=cfg.seed)
+    n_val = min(cfg.data.val_limit, len(data.val)) if cfg.data.val_limit else len(data.val)
+    t = args.samples or cfg.model.t_eval
+    print(format_metrics(metrics, title=f"{args.checkpoint}: {cfg.train.val_mode}, T={t}, {n_val} val images"))
+    if args.json:
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from npsemiseg.engine.export import load_for_inference
+    from npsemiseg.engine.predict import predict_files
+
+    if args.samples is not None and args.samples < 1:
+        raise UserError(f"--samples: must be >= 1, got {args.samples}")
+    model, cfg, _ = load_for_inference(args.checkpoint, device="cuda" if args.use_gpu else "cpu")
+    written = predict_files(model, cfg, args.images, args.out, num_samples=args.samples)
+    print(f"wrote {len(written)} x (mask PNG, uncertainty PNG, probabilities NPY) to {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.experiment:
+        if args.checkpoint or args.out:
+            raise UserError("export: use either --experiment [--split] or --checkpoint --out, not both")
+        from npsemiseg.tune.export import export_experiment
+
+        result = export_experiment(args.experiment, args.split)
+        print(f"exported {args.experiment}: {result}")
+        return 0
+    if not args.checkpoint or not args.out:
+        raise UserError("export: --checkpoint and --out are required (or --experiment PATH)")
+    from npsemiseg.engine.export import export_model
+
+    out = export_model(args.checkpoint, args.out)
+    print(f"wrote {out}/model.pt, config.yaml, metrics.json")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add train / evaluate / predict / export to the ``npsemiseg`` parser."""
+    p = subparsers.add_parser("train", help="train a model (plain loop, or Ray Train with --num-workers > 1)")
+    p.add_argument("--config", required=True, help="YAML recipe (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--num-workers", type=int, default=1, help="data-parallel workers (> 1 uses Ray Train)")
+    p.add_argument("--use-gpu", action="store_true", help="train on GPU(s)")
+    p.add_argument("--storage-path", default=None, help="Ray Train storage (local dir, NFS or URI)")
+    p.add_argument("--ray", action="store_true", help="use Ray Train even with one worker")
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint already in out_dir")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("evaluate", help="evaluate a checkpoint or export dir on its val set")
+    p.add_argument("--checkpoint", required=True, help="full checkpoint (.pt) or export dir")
+    p.add_argument("--data-root", default="", help="dataset root (overrides data.root)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.val_mode=sliding_window")
+    p.add_argument("--samples", type=int, default=None, help="T latent samples (default model.t_eval)")
+    p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser("predict", help="masks, uncertainty maps and probabilities for image files")
+    p.add_argument("--checkpoint", required=True, help="full checkpoint (.pt) or export dir")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--samples", type=int, default=None, help="T latent samples (default model.t_eval)")
+    p.add_argument("--use-gpu", action="store_true")
+    p.set_defaults(func=_predict)
+
+    p = subparsers.add_parser("export", help="inference-only export of a checkpoint (or of a sweep's best trials)")
+    p.add_argument("--checkpoint", default=None, help="full checkpoint (.pt)")
+    p.add_argument("--out", default=None, help="export dir to write")
+    p.add_argument("--experiment", default=None, help="a finished sweep: export its best trial per split")
+    p.add_argument("--split", default=None, help="with --experiment: only this split")
+    p.set_defaults(func=_export)
