@@ -29,7 +29,13 @@ def test_tiny_cfg_contract(tiny_cfg):
     assert u["image_w"].shape == (3, 64, 64) and u["ignore"].dtype == torch.int64
     v = td.val[0]
     assert set(v) == {"image", "mask", "id"} and v["image"].shape == (3, 64, 72) and v["mask"].shape == (64, 72)
-    batch = next(iter(torch.utils.data.DataLoader(td.unlabelled, batch_size=2)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        batch = next(iter(torch.utils.data.DataLoader(td.unlabelled, batch_size=2)))
+        assert torch.get_num_threads() == 2  # items are built single-threaded, the count is restored
+    finally:
+        torch.set_num_threads(threads)
     assert batch["image_s"].shape == (2, 3, 64, 64) and batch["box"].shape == (2, 64, 64)
 
 

@@ -2,8 +2,15 @@
 
 Every item is decoded and validated when loaded: corrupt or truncated images, masks whose size differs from the
 image, and label values outside {0..C-1, 255} raise ``UserError`` naming the file.
+
+Items are built with torch limited to one intra-op thread (restored afterwards). DataLoader workers run that way
+anyway; in the main process (``num_workers=0``) the small per-image ops were measured 5-30x slower with 2
+OpenMP threads than with 1 on a busy 2-core machine (benchmarks/loader_throughput.py).
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import Dataset
@@ -11,6 +18,20 @@ from torch.utils.data import Dataset
 from npsemiseg.data.io import check_pair, read_image, read_mask
 from npsemiseg.data.transforms import LabelledTransform, UnlabelledTransform, val_transform
 from npsemiseg.data.tree import Sample
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(1)``, restoring the previous count."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def load_pair(sample: Sample, num_classes: int) -> tuple:
@@ -33,7 +54,8 @@ class LabelledDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        return self.transform(*load_pair(self.samples[idx], self.num_classes))
+        with one_thread():
+            return self.transform(*load_pair(self.samples[idx], self.num_classes))
 
 
 class UnlabelledDataset(Dataset):
@@ -46,7 +68,8 @@ class UnlabelledDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        return self.transform(read_image(self.samples[idx].image))
+        with one_thread():
+            return self.transform(read_image(self.samples[idx].image))
 
 
 class ValDataset(Dataset):
@@ -60,5 +83,6 @@ class ValDataset(Dataset):
 
     def __getitem__(self, idx: int) -> dict:
         s = self.samples[idx]
-        image, mask = val_transform(*load_pair(s, self.num_classes))
+        with one_thread():
+            image, mask = val_transform(*load_pair(s, self.num_classes))
         return {"image": image, "mask": mask, "id": s.id}
