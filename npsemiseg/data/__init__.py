@@ -2,15 +2,22 @@
 
 Entry points: ``build_datasets(cfg) -> TrainData`` (``build.py``), ``make_demo_data`` (``synthetic.py``),
 ``convert_trainids`` (``cityscapes.py``), ``seed_worker`` / ``loader_seed_kwargs`` (``seeding.py``).
+Names are imported lazily, so the CLI's data commands (and ``npsemiseg --help``) need not import torch.
 """
-from npsemiseg.data.build import TrainData, build_datasets
-from npsemiseg.data.cityscapes import convert_trainids
-from npsemiseg.data.io import IGNORE, PAD
-from npsemiseg.data.seeding import loader_seed_kwargs, make_generator, seed_worker
-from npsemiseg.data.splits import PROTOCOLS, SplitInfo, get_protocol
-from npsemiseg.data.synthetic import make_demo_data
+from __future__ import annotations
 
-__all__ = [
-    "IGNORE", "PAD", "PROTOCOLS", "SplitInfo", "TrainData", "build_datasets", "convert_trainids", "get_protocol",
-    "loader_seed_kwargs", "make_demo_data", "make_generator", "seed_worker",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainData": "build", "build_datasets": "build", "convert_trainids": "cityscapes", "IGNORE": "io", "PAD": "io",
+    "DataError": "io", "loader_seed_kwargs": "seeding", "make_generator": "seeding", "seed_worker": "seeding",
+    "PROTOCOLS": "splits", "SplitInfo": "splits", "get_protocol": "splits", "make_demo_data": "synthetic",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
