@@ -91,7 +91,9 @@ def predict_files(model: nn.Module, cfg: Config, images: list[str | os.PathLike]
     model.eval()
     for p in paths:
         x = load_image_tensor(p).to(device)
-        probs = predict_probs(model, x, t, mode, cfg.data.crop_size)[0].float().cpu()  # C x H x W
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)  # the same latent draws for the same image and weights, every time
+            probs = predict_probs(model, x, t, mode, cfg.data.crop_size)[0].float().cpu()  # C x H x W
         mask = probs.argmax(0).numpy().astype(np.uint8)
         heat = (entropy_map(probs) * 255).round().to(torch.uint8).numpy()
         _save_png(out / f"{p.stem}_mask.png", mask, mask_pal)
