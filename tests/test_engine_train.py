@@ -88,7 +88,8 @@ class _StopAfter(LocalContext):
 def test_resume_is_exact_and_checkpoints_load_weights_only(tiny_cfg, tmp_path):
     # 23 unlabelled tiny images / 6 = 3 steps per epoch: the stop at step 2 is mid-epoch and the resumed run
     # crosses an epoch boundary
-    over = {"train.iters": 4, "train.eval_every": 2, "data.batch_size_l": 1, "data.batch_size_u": 6}
+    over = {"train.iters": 4, "train.eval_every": 2, "data.batch_size_l": 1, "data.batch_size_u": 6,
+            "data.val_limit": 2, "model.t_eval": 2}
     straight = apply_overrides(tiny_cfg, {**over, "out_dir": str(tmp_path / "a")})
     resumed = apply_overrides(tiny_cfg, {**over, "out_dir": str(tmp_path / "b")})
     m_a = fit(straight)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from typing import Any
 
@@ -18,6 +19,8 @@ from npsemiseg.errors import UserError
 
 def _train(args: argparse.Namespace) -> int:
     from npsemiseg.config import load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     cfg = load_config(args.config, args.overrides)
     if args.num_workers < 1:

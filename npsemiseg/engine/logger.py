@@ -28,6 +28,11 @@ class MetricLogger:
         show = sys.stderr.isatty() if progress is None else progress
         self.bar = tqdm(total=total, initial=initial, disable=not show, dynamic_ncols=True, desc="train")
 
+    @property
+    def shows_bar(self) -> bool:
+        """True when a live progress bar is on screen (else the loop prints log lines instead)."""
+        return self.bar is not None and not self.bar.disable
+
     def scalars(self, step: int, metrics: dict[str, Any]) -> None:
         """Log every finite numeric value under its own name."""
         if self.writer is None:

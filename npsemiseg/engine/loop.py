@@ -128,6 +128,10 @@ def fit(cfg: Config, ctx: RunContext | None = None) -> dict[str, Any]:
             step = state.step
             if step % cfg.train.log_every == 0:
                 logger.scalars(step, m)
+                if ctx.is_main and not logger.shows_bar:
+                    log.info("step %d/%d: loss %.4f (sup %.4f, unsup %.4f, kl %.4f), mask %.2f, lr %.2e", step,
+                             cfg.train.iters, m["train/loss"], m["train/loss_sup"], m["train/loss_unsup"],
+                             m["train/loss_kl"], m["train/mask_ratio"], m["train/lr"])
             logger.advance(1, {"train/loss": m["train/loss"]})
             final = step == cfg.train.iters
             do_eval = step % cfg.train.eval_every == 0 or final
