@@ -40,12 +40,13 @@ def _reduce_(tensor: torch.Tensor, fn: ReduceFn | None) -> torch.Tensor:
 class ConfusionMatrix:
     """Streaming C x C confusion matrix (rows = target, columns = prediction), int64 on the inputs' device."""
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE, device: torch.device | str = "cpu") -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        # follows the inputs' device on update; set it up front so ranks with an empty shard reduce on it too
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Count ``pred`` (class ids) against ``target`` (same shape, e.g. B x H x W); 254/255 are skipped."""
@@ -220,6 +221,7 @@ class UncertaintyMeter:
         acc_threshold: float = 0.5,
         auroc_bins: int = 2048,
         ignore_index: int = IGNORE,
+        device: torch.device | str = "cpu",
     ) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -233,13 +235,16 @@ class UncertaintyMeter:
         self.acc_threshold = acc_threshold
         self.auroc_bins = auroc_bins
         self.ignore_index = ignore_index
-        self.reset()
+        self.reset(device)
 
     def _config(self) -> tuple:
         return (self.num_classes, self.n_bins, self.patch, self.unc_threshold, self.acc_threshold, self.auroc_bins)
 
-    def reset(self, device: torch.device | str = "cpu") -> None:
-        """Zero the state: ECE bins (count, confidence sum, correct count), PAvPU counts, AUROC histograms."""
+    def reset(self, device: torch.device | str | None = None) -> None:
+        """Zero the state (on ``device``, default: where it is): ECE bins (count, confidence sum, correct count),
+        PAvPU counts, AUROC histograms."""
+        if device is None:
+            device = self.hist_ok.device if hasattr(self, "hist_ok") else "cpu"
         self.ece_count = torch.zeros(self.n_bins, dtype=torch.float64, device=device)
         self.ece_conf = torch.zeros(self.n_bins, dtype=torch.float64, device=device)
         self.ece_correct = torch.zeros(self.n_bins, dtype=torch.float64, device=device)

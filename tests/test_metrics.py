@@ -5,8 +5,6 @@ import math
 
 import pytest
 import torch
-from torchmetrics.classification import MulticlassJaccardIndex
-from torchmetrics.functional.classification import binary_auroc
 
 from npsemiseg.metrics import (
     ConfusionMatrix,
@@ -63,6 +61,8 @@ def test_class_present_only_in_prediction_counts_with_zero_iou():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_miou_matches_torchmetrics(seed: int):
+    from torchmetrics.classification import MulticlassJaccardIndex  # local: keeps spawned test workers light
+
     c = 6
     pred, target = _random_seg(3, c, 24, seed)
     target[target == 5] = 255  # class 5 absent from targets, still predicted -> both count it with IoU 0
@@ -79,6 +79,8 @@ def test_miou_matches_torchmetrics(seed: int):
 
 
 def test_fully_absent_class_excluded_like_torchmetrics():
+    from torchmetrics.classification import MulticlassJaccardIndex
+
     c = 5
     pred, target = _random_seg(2, 4, 16, seed=3)  # classes 0..3 only; class 4 never in target nor prediction
     ours = ConfusionMatrix(c)
@@ -186,6 +188,8 @@ def test_pavpu_partial_border_patches():
 
 
 def test_error_auroc_exact_cases_and_torchmetrics():
+    from torchmetrics.functional.classification import binary_auroc
+
     err = torch.tensor([0, 0, 1, 1])
     assert error_auroc(torch.tensor([0.1, 0.2, 0.3, 0.4]), err) == 1.0
     assert error_auroc(torch.tensor([0.4, 0.3, 0.2, 0.1]), err) == 0.0
@@ -335,3 +339,12 @@ def test_default_all_reduce_uses_torch_distributed(tmp_path):
     assert torch.equal(got["mat"], cm.mat)
     for k, v in um.compute().items():
         assert got[k] == pytest.approx(v, abs=1e-12)
+
+
+def test_device_argument_and_reset_keep_device():
+    cm = ConfusionMatrix(3, device="meta")
+    assert cm.mat.device.type == "meta"
+    um = UncertaintyMeter(3, device="meta")
+    assert um.hist_ok.device.type == "meta"
+    um.reset()
+    assert um.ece_count.device.type == "meta" and um.pavpu_counts.dtype == torch.int64
