@@ -7,7 +7,8 @@
 Each timed call produces what evaluation needs: T x B x C logits, their mean softmax and its entropy, in eval
 mode under no_grad. MC dropout runs T full forward passes; the NP head runs the trunk once and T latent samples
 through its decoder (first conv computed once). "np-naive" is the same NP head decoding cat(z, F, d) with T full
-decoder passes, to show what the first-conv split buys. Interleaved repeats, medians.
+decoder passes, to show what the first-conv split buys. Interleaved repeats, medians of wall and process CPU time
+(with --threads 1 the latter is robust on a machine shared with other jobs).
 """
 from __future__ import annotations
 
@@ -70,23 +71,26 @@ def main(argv: list[str] | None = None) -> None:
             "np-naive": lambda: uncertainty(np_model, x, a.t, naive=True)}
     for f in runs.values():  # warm-up
         f()
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(a.repeats):
         for name, f in runs.items():
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             f()
-            times[name].append(time.perf_counter() - t0)
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
     print(f"{a.backbone} width {a.width} OS{a.output_stride} crop {a.crop} batch {a.batch} T={a.t} "
           f"threads {torch.get_num_threads()} repeats {a.repeats} (interleaved, eval, no_grad)")
-    for name in runs:
-        print(f"  {name:9s}: median {statistics.median(times[name]):.3f} s  "
-              f"[{', '.join(f'{v:.3f}' for v in times[name])}]")
-    med = {k: statistics.median(v) for k, v in times.items()}
-    pair = [m / n for m, n in zip(times["mcdropout"], times["np"])]
-    print(f"MC dropout / NP: median {statistics.median(pair):.2f}x (per-repeat {', '.join(f'{r:.2f}' for r in pair)};"
-          f" target >= 8x)")
-    print(f"MC dropout / NP-naive decoder: {med['mcdropout'] / med['np-naive']:.2f}x; "
-          f"NP-naive / NP: {med['np-naive'] / med['np']:.2f}x")
+    for label, times in (("wall", wall), ("process CPU", cpu)):
+        for name in runs:
+            print(f"  {label} {name:9s}: median {statistics.median(times[name]):.3f} s  "
+                  f"[{', '.join(f'{v:.3f}' for v in times[name])}]")
+        med = {k: statistics.median(v) for k, v in times.items()}
+        pair = [m / n for m, n in zip(times["mcdropout"], times["np"])]
+        print(f"MC dropout / NP ({label} time): median {statistics.median(pair):.2f}x "
+              f"(per-repeat {', '.join(f'{r:.2f}' for r in pair)}; target >= 8x); "
+              f"MC dropout / NP-naive decoder: {med['mcdropout'] / med['np-naive']:.2f}x; "
+              f"NP-naive / NP: {med['np-naive'] / med['np']:.2f}x")
 
 
 if __name__ == "__main__":

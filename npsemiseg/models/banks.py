@@ -51,10 +51,8 @@ def gather_rows(query: torch.Tensor, labels: torch.Tensor, num_classes: int, rel
         raise ValueError(f"labels {tuple(labels.shape)} must match query {(b, h, w)} (downsample them first)")
     labels = labels.to(query.device).long()
     if not released:
-        flat_q = query.permute(0, 2, 3, 1).reshape(-1, dim)
-        flat_l = labels.reshape(-1)
-        valid = (flat_l >= 0) & (flat_l < num_classes)
-        return flat_q[valid], flat_l[valid]
+        valid = (labels >= 0) & (labels < num_classes)
+        return query.permute(0, 2, 3, 1)[valid], labels[valid]  # one gather from the channels-last view
     lab = labels[:, None].expand(b, dim, h, w).reshape(-1)
     vals = query.reshape(-1)
     valid = (lab >= 0) & (lab < num_classes)
@@ -86,23 +84,29 @@ class MemoryBank(nn.Module):
         survive.
         """
         labels = labels.to(self.rows.device).long()
+        rows = rows.to(self.rows)
         keep = (labels >= 0) & (labels < self.num_classes)
-        rows, labels = rows.to(self.rows)[keep], labels[keep]
+        if not bool(keep.all()):
+            rows, labels = rows[keep], labels[keep]
         if labels.numel():
-            order, ranks, counts = _class_ranks(labels, self.num_classes)
-            cls = labels[order]
-            survive = ranks >= (counts[cls] - self.capacity)
-            pos = (self.ptr[cls] + ranks) % self.capacity
-            self.rows[cls[survive], pos[survive]] = rows[order[survive]]
-            self.ptr.copy_((self.ptr + counts) % self.capacity)
-            self.count.copy_(torch.clamp(self.count + counts, max=self.capacity))
+            k = self.capacity
+            order, sorted_ranks, counts = _class_ranks(labels, self.num_classes)
+            ranks = torch.empty_like(sorted_ranks)
+            ranks[order] = sorted_ranks  # arrival index of each row within its class
+            slot = labels * k + (self.ptr[labels] + ranks) % k  # flat ring position: row i -> (ptr + i) % K
+            survive = ranks >= (counts[labels] - k)  # a class keeps only its last K rows of this push
+            if not bool(survive.all()):
+                rows, slot = rows[survive], slot[survive]
+            self.rows.view(-1, self.dim).index_copy_(0, slot, rows)
+            self.ptr.copy_((self.ptr + counts) % k)
+            self.count.copy_(torch.clamp(self.count + counts, max=k))
         self.recompute_centres()
 
     @torch.no_grad()
     def recompute_centres(self) -> None:
         """centres[c] = mean of the count[c] stored rows of class c (zero when empty)."""
-        filled = torch.arange(self.capacity, device=self.rows.device)[None] < self.count[:, None]
-        total = (self.rows * filled[..., None]).sum(1)
+        # slots at or past count[c] were never written (rings fill in order from slot 0), so they hold zeros
+        total = self.rows.sum(1)
         self.centres.copy_(total / self.count.clamp(min=1)[:, None].to(total.dtype))
 
     @torch.no_grad()
@@ -113,5 +117,6 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def clear_(self) -> None:
+        """Empty the bank (all rows zero: recompute_centres relies on unwritten slots being zero)."""
         for name in ("rows", "ptr", "count", "centres"):
             getattr(self, name).zero_()
