@@ -11,7 +11,10 @@ The dashboard stays on (an ASHA-stopped Train run's clean-up needs it; see ARCHI
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -33,9 +36,37 @@ def connect(address: str | None = None, use_gpu: bool = False, num_cpus: int | N
             return dashboard_url()
         except ConnectionError:
             pass
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
-             _temp_dir=temp_dir, **kw)
+    with _pinned_address():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
+                 _temp_dir=temp_dir, **kw)
     return dashboard_url()
+
+
+@contextlib.contextmanager
+def _pinned_address() -> Iterator[str]:
+    """Start the local instance on a known GCS port with ``RAY_ADDRESS`` naming it in its processes' environment.
+
+    Ray Train's placement-group cleaner calls the State API without an address; when several Ray instances run on
+    one machine (parallel test sessions, a stale local instance) its auto-detection fails, the cleaner thread dies,
+    and a finished trial's worker resources are never returned, so the next trial hangs at worker start-up.
+    Ray's daemons and workers inherit the driver's environment when they are spawned, so they find their own GCS.
+    """
+    from ray._private.services import get_node_ip_address
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    addr = f"{get_node_ip_address()}:{port}"
+    saved = {k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")}
+    os.environ.update({"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": addr})
+    try:
+        yield addr
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def dashboard_url() -> str:
