@@ -55,12 +55,13 @@ class ConfusionMatrix:
         if self.mat.device != pred.device:
             self.mat = self.mat.to(pred.device)
         keep = _valid_mask(target, self.ignore_index)
-        t = target[keep].long()
-        p = pred[keep].long()
+        t, p = target.long(), pred.long()
         n = self.num_classes
-        if t.numel() and bool(((t < 0) | (t >= n) | (p < 0) | (p >= n)).any()):
+        if bool((keep & ((t < 0) | (t >= n) | (p < 0) | (p >= n))).any()):
             raise ValueError(f"labels or predictions outside [0, {n}) (besides 254/255)")
-        self.mat += torch.bincount(t * n + p, minlength=n * n).view(n, n)
+        # skipped pixels go to an extra bin that is dropped (cheaper than boolean indexing)
+        idx = torch.where(keep, t * n + p, n * n).reshape(-1)
+        self.mat += torch.bincount(idx, minlength=n * n + 1)[: n * n].view(n, n)
 
     def all_reduce(self, fn: ReduceFn | None = None) -> None:
         """Sum the matrix over ranks (``fn`` e.g. ``RunContext.all_reduce_sum``; default torch.distributed)."""
@@ -276,17 +277,20 @@ class UncertaintyMeter:
         valid = _valid_mask(target, self.ignore_index)
         correct = (pred == target) & valid
 
-        c, ok, u = conf[valid].double(), correct[valid].double(), unc[valid]
-        idx = _ece_bins(c, self.n_bins)
-        self.ece_count += torch.bincount(idx, minlength=self.n_bins)
-        self.ece_conf += torch.bincount(idx, weights=c, minlength=self.n_bins)
-        self.ece_correct += torch.bincount(idx, weights=ok, minlength=self.n_bins)
+        # skipped pixels land in one extra bin per histogram that is dropped (no boolean indexing)
+        c, ok, v = conf.reshape(-1).double(), correct.reshape(-1).double(), valid.reshape(-1)
+        nb = self.n_bins
+        idx = torch.where(v, _ece_bins(c, nb), nb)
+        self.ece_count += torch.bincount(idx, minlength=nb + 1)[:nb]
+        self.ece_conf += torch.bincount(idx, weights=c, minlength=nb + 1)[:nb]
+        self.ece_correct += torch.bincount(idx, weights=ok, minlength=nb + 1)[:nb]
 
         self.pavpu_counts += pavpu_counts(correct, unc, self.unc_threshold, self.patch, self.acc_threshold, valid)
 
-        b = self._auroc_bin(u)
-        self.hist_ok += torch.bincount(b, weights=ok, minlength=self.auroc_bins)
-        self.hist_err += torch.bincount(b, weights=1.0 - ok, minlength=self.auroc_bins)
+        na = self.auroc_bins
+        b = torch.where(v, self._auroc_bin(unc.reshape(-1)), na)
+        self.hist_ok += torch.bincount(b, weights=ok, minlength=na + 1)[:na]
+        self.hist_err += torch.bincount(b, weights=1.0 - ok, minlength=na + 1)[:na]
 
     def all_reduce(self, fn: ReduceFn | None = None) -> None:
         """Sum every state tensor over ranks (``fn`` e.g. ``RunContext.all_reduce_sum``; default torch.distributed)."""
