@@ -129,9 +129,11 @@ def generate_split(tree: DataTree, proto: Protocol, seed: int = 0) -> Split:
     if len(ids) < n or n < 1:
         raise UserError(f"data.split: {proto.name} needs {max(n, 1)} annotated images, {tree.base} has {len(ids)}")
     chosen = set(ids)
-    labelled = [tree.lookup(i) for i in sorted(chosen)]
+    labelled = [s for s in annotated if s.id in chosen]
+    if len(labelled) != n:  # a fine id without a mask cannot happen with our readers; guard custom trees
+        raise UserError(f"data.split: {proto.name}: {n - len(labelled)} chosen images have no mask in {tree.base}")
     unlabelled = [s for s in tree.train_pool() if s.id not in chosen]
-    return _make(proto.name, labelled, unlabelled, "generated", seed)  # type: ignore[arg-type]
+    return _make(proto.name, labelled, unlabelled, "generated", seed)
 
 
 def _read_split_file(tree: DataTree, path: Path) -> list[tuple[int, Sample]]:
