@@ -11,44 +11,63 @@ from pathlib import Path
 from typing import Any
 
 from npsemiseg.config import Config
+from npsemiseg.errors import UserError
 
 
 def cluster_address() -> str:
-    """``"auto"`` when ``RAY_ADDRESS`` is set or a Ray GCS process runs on this node, else ``"local"``.
+    """Where to run: ``"auto"`` when ``RAY_ADDRESS`` is set, the address of a live cluster started on this node
+    with ``ray start`` (recorded in ``/tmp/ray/ray_current_cluster``), else ``"local"`` (a fresh instance).
 
-    ``"local"`` always starts a fresh instance, so a stale ``/tmp/ray/ray_current_cluster`` left by a dead
-    cluster cannot hijack the run (a bare ``ray.init()`` would try to attach to it).
+    Only a ``ray start`` cluster counts: a bare ``ray.init()`` would also attach to a stale address file left by a
+    dead cluster, or to another program's private ``ray.init`` instance on a shared machine.
     """
     if os.environ.get("RAY_ADDRESS"):
         return "auto"
     try:
-        from ray._private.services import find_gcs_addresses
+        from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
-        if find_gcs_addresses():
-            return "auto"
-    except Exception:  # noqa: BLE001 - private helper moved: fall back to a local instance
+        recorded = find_bootstrap_address(None)
+        if recorded and recorded in find_gcs_addresses():
+            return recorded
+    except Exception:  # noqa: BLE001 - private helpers moved: fall back to a local instance
         pass
     return "local"
 
 
 def ensure_ray(num_cpus: int | None = None) -> str | None:
-    """Initialise Ray once per process; returns the dashboard URL when there is one."""
+    """Initialise Ray once per process (see ``cluster_address``); returns the dashboard URL when there is one."""
     import ray
 
     if ray.is_initialized():
         return None
     address = cluster_address()
-    if address == "auto":
-        info = ray.init(address="auto", configure_logging=False)
+    if address == "local":
+        info = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                        configure_logging=False)
     else:
-        info = ray.init(
-            address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-            configure_logging=False,
-        )
+        info = ray.init(address=address, configure_logging=False)
     url = getattr(info, "dashboard_url", None) or None
     if url:
-        print(f"Ray dashboard: http://{url}" if "://" not in url else f"Ray dashboard: {url}", flush=True)
+        print(f"Ray dashboard: {url if '://' in url else 'http://' + url}", flush=True)
     return url
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError a worker raised, if one is behind a Ray Train failure (checked through causes)."""
+    seen: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    failures = getattr(exc, "worker_failures", None) or {}
+    pending.extend(failures.values())
+    while pending:
+        e = pending.pop(0)
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        if isinstance(e, UserError):  # prefer the original over Ray's RayTaskError-derived wrapper
+            cause = getattr(e, "cause", None)
+            return cause if isinstance(cause, UserError) else e
+        pending.extend(c for c in (getattr(e, "cause", None), e.__cause__) if isinstance(c, BaseException))
+    return None
 
 
 def default_storage(cfg: Config) -> str:
@@ -77,10 +96,19 @@ def run_distributed(
         f"Ray Train: {num_workers} worker(s), {'GPU/nccl' if use_gpu else 'CPU/gloo'}, "
         f"storage {storage}/{cfg.name}, max_failures={max_failures}", flush=True,
     )
-    result = trainer.fit()
+    from ray.train import TrainingFailedError
+
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:
+        err = user_error_in(e)
+        if err is None:
+            raise
+        lines = str(err).strip().splitlines() or ["a worker failed"]
+        raise UserError(lines[0] if len(lines) == 1 else lines[-1]) from None
     metrics: dict[str, Any] = dict(result.return_value or result.metrics or {})
-    shown = {k: v for k, v in metrics.items() if k.startswith("val/") or k in ("step", "epoch")}
-    print("final metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(shown.items())), flush=True)
+    shown = ("step", "epoch", "val/miou", "val/best_miou", "val/best_step", "val/err_auroc", "val/ece")
+    print("final metrics: " + ", ".join(f"{k}={_fmt(metrics[k])}" for k in shown if k in metrics), flush=True)
     if result.checkpoint is not None:
         print(f"latest checkpoint: {result.checkpoint.path}", flush=True)
     best = result.best_checkpoints or []

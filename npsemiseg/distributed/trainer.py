@@ -37,11 +37,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     return dict(fit(cfg, ctx) or {})
 
 
-def _absolute_out_dir(cfg: Config) -> Config:
-    """Workers run in a Ray session directory, so a relative ``out_dir`` must be resolved on the driver."""
-    if os.path.isabs(cfg.out_dir) or "://" in cfg.out_dir:
-        return cfg
-    return apply_overrides(cfg, {"out_dir": str(Path(cfg.out_dir).resolve())})
+LOCAL_PATH_KEYS = ("out_dir", "data.root", "data.split_dir", "data.labelled_list", "data.unlabelled_list",
+                   "data.val_list", "model.pretrained")
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Resolve relative local paths against the driver's working directory.
+
+    Ray Train workers run in a Ray session directory, so ``demo_data/voc`` would not be found there. Empty values,
+    absolute paths, URIs and ``model.pretrained=torchvision`` are left alone.
+    """
+    over: dict[str, str] = {}
+    for key in LOCAL_PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        value = getattr(getattr(cfg, section) if section else cfg, name)
+        if not value or os.path.isabs(value) or "://" in value or value == "torchvision":
+            continue
+        over[key] = str(Path(value).expanduser().resolve())
+    return apply_overrides(cfg, over) if over else cfg
 
 
 def _storage(storage_path: str | None) -> str | None:
@@ -77,7 +90,7 @@ def build_trainer(
         raise UserError("device: is 'cpu' but GPU workers were requested (--use-gpu); set device=auto or cuda")
     if not name.strip("/"):
         raise UserError(f"--name: run name must not be empty, got {name!r}")
-    cfg = _absolute_out_dir(cfg)
+    cfg = absolute_paths(cfg)
     scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker)
     run = RunConfig(
         name=name,
