@@ -51,6 +51,8 @@ def test_train_writes_checkpoint_and_tensorboard(trained, capsys):
     assert ckpt["step"] == 2 and ckpt["config"]["name"] == "demo"
     assert "val/miou" in ckpt["metrics"] and 0.0 <= ckpt["metrics"]["val/miou"] <= 1.0
     assert any((trained.parents[1] / "tb").iterdir())
+    best = torch.load(trained.parent / "best.pt", weights_only=True)  # the only evaluation is also the best
+    assert best["step"] == 2 and best["best_step"] == 2
 
 
 def test_export_roundtrip_and_predict_from_both(trained, demo_root, tmp_path, capsys):

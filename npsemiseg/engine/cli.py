@@ -96,7 +96,8 @@ def _export(args: argparse.Namespace) -> int:
         from npsemiseg.tune.export import export_experiment
 
         result = export_experiment(args.experiment, args.split)
-        print(f"exported {args.experiment}: {result}")
+        for split, path in result.items():
+            print(f"{split}: exported the best full-budget trial to {path}")
         return 0
     if not args.checkpoint or not args.out:
         raise UserError("export: --checkpoint and --out are required (or --experiment PATH)")

@@ -55,7 +55,8 @@ class RunContext:
 
 
 class LocalContext(RunContext):
-    """Plain single-process run: checkpoints go to ``out_dir/checkpoints/``, resume from the latest there."""
+    """Plain single-process run: checkpoints go to ``out_dir/checkpoints/`` (``last.pt``, and ``best.pt`` when
+    the report's step is the best evaluation so far), resume from ``last.pt``."""
 
     def __init__(self, out_dir: str | Path, device: str = "auto", resume: bool = True) -> None:
         super().__init__(device)
@@ -69,6 +70,8 @@ class LocalContext(RunContext):
         self.reports.append(dict(metrics))
         if checkpoint is not None:
             save_checkpoint(checkpoint, self.out_dir / "checkpoints" / "last.pt")
+            if metrics.get("val/best_step", -1) == metrics.get("step"):
+                save_checkpoint(checkpoint, self.out_dir / "checkpoints" / "best.pt")
 
     def resume_state(self) -> dict[str, Any] | None:
         from npsemiseg.engine.checkpoint import load_checkpoint
