@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -260,8 +261,10 @@ def test_fake_cluster_adds_gpu_node_on_demand():
     cfg_path.write_text(yaml.safe_dump(cfg))
     head = cfg["available_node_types"]["ray.head.default"]["resources"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    # RAY_AUTH_MODE fixed: Ray 2.60 otherwise switches on token auth when ~/.ray/auth_token exists
-    env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="disabled")
+    # token auth with a private token for this cluster only (Ray 2.60 would otherwise pick ~/.ray/auth_token up
+    # on the server side but not in the client); every process, fake nodes included, inherits it
+    env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32))
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [
         ray_bin, "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp_dir}",
