@@ -53,6 +53,14 @@ def test_configs_pass_rays_own_validation(name: str):
     assert prepared["head_node_type"] in prepared["available_node_types"]
 
 
+def test_setup_installs_project_and_autoscaler_deps():
+    prepared = prepare_config(_load("gpu.yaml"))
+    mount = next(k for k, v in prepared["file_mounts"].items() if v == ".")  # the repo, synced from `ray up`'s cwd
+    assert any("pip install" in c and mount in c for c in prepared["setup_commands"])
+    assert any("boto3" in c for c in prepared["head_setup_commands"])  # the head's autoscaler drives EC2
+    assert any("aws s3 sync" in c for c in prepared["setup_commands"])  # dataset sync on every node
+
+
 def test_fake_config_passes_rays_schema():
     """The fake provider's defaults file is not shipped in the 2.60 wheel, so prepare_config cannot run on it;
     the file is complete on its own and goes straight through validate_config."""
