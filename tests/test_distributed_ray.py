@@ -235,3 +235,16 @@ def _one_rank_alone(cfg: Config, batch_l: dict[str, torch.Tensor], world: int, n
     state = build_state(cfg, _FrozenBNLocal(cfg.device), num_classes=num_classes)
     train_step(state, _shard(batch_l, 0, world), None)
     return state.model
+
+
+def test_cli_worker_user_error_exits_2_with_one_line(ray_session, tiny_cfg: Config, tmp_path, capsys):
+    """`npsemiseg train --num-workers 2` with a bad data root: the worker's UserError becomes exit 2, one line."""
+    from npsemiseg.cli import main
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(tiny_cfg.to_yaml())
+    code = main(["train", "--config", str(recipe), "--num-workers", "2", "--storage-path", str(tmp_path / "s"),
+                 f"data.root={tmp_path / 'missing'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == f"npsemiseg: error: {tmp_path / 'missing'}: data root not found (data.root)"

@@ -133,15 +133,48 @@ def test_build_trainer_configuration(tmp_path) -> None:
 
 
 def test_cluster_address(monkeypatch) -> None:
+    """RAY_ADDRESS wins; otherwise only a live `ray start` cluster (address file + running GCS) is joined."""
     from npsemiseg.distributed import launch
 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert launch.cluster_address() == "auto"
     monkeypatch.delenv("RAY_ADDRESS")
-    monkeypatch.setattr("ray._private.services.find_gcs_addresses", lambda: set())
+    svc = "ray._private.services"
+    monkeypatch.setattr(f"{svc}.find_bootstrap_address", lambda temp_dir: "127.0.0.1:6379")
+    monkeypatch.setattr(f"{svc}.find_gcs_addresses", lambda: set())  # stale address file: dead cluster
     assert launch.cluster_address() == "local"
-    monkeypatch.setattr("ray._private.services.find_gcs_addresses", lambda: {"127.0.0.1:6379"})
-    assert launch.cluster_address() == "auto"
+    monkeypatch.setattr(f"{svc}.find_gcs_addresses", lambda: {"127.0.0.1:6379", "127.0.0.1:7000"})
+    assert launch.cluster_address() == "127.0.0.1:6379"
+    monkeypatch.setattr(f"{svc}.find_bootstrap_address", lambda temp_dir: None)  # only private ray.init()s
+    assert launch.cluster_address() == "local"
+
+
+def test_absolute_paths_for_workers(tmp_path, monkeypatch) -> None:
+    from npsemiseg.distributed.trainer import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = apply_overrides(Config(), {"out_dir": "runs/x", "data.root": "demo_data/voc", "data.split_dir": "",
+                                     "model.pretrained": "torchvision"})
+    out = absolute_paths(cfg)
+    assert out.out_dir == str(tmp_path / "runs/x") and out.data.root == str(tmp_path / "demo_data/voc")
+    assert out.data.split_dir == "" and out.model.pretrained == "torchvision"
+    uri = apply_overrides(Config(), {"out_dir": "s3://bucket/run", "data.root": "/abs/voc"})
+    assert absolute_paths(uri).out_dir == "s3://bucket/run" and absolute_paths(uri).data.root == "/abs/voc"
+
+
+def test_user_error_found_behind_worker_failure() -> None:
+    """A UserError raised in a worker reaches the CLI as a one-line UserError (exit 2), not a traceback."""
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from npsemiseg.distributed.launch import user_error_in
+    from npsemiseg.errors import UserError
+
+    original = UserError("demo_data/voc: data root not found (data.root)")
+    wrapped = RuntimeError("RayTaskError(UserError): traceback ...")
+    wrapped.cause = original  # what Ray's task errors carry
+    err = WorkerGroupError("Training failed due to worker errors", {1: wrapped})
+    assert user_error_in(err) is original
+    assert user_error_in(WorkerGroupError("boom", {0: RuntimeError("bug")})) is None
 
 
 # --------------------------------------------------------------------------- all_gather_rows on real gloo
