@@ -59,7 +59,11 @@ def add_sweep_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
     g.add_argument("--use-gpu", action="store_true", help="train on GPUs (implies --gpus-per-trial 1)")
     g.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     g.add_argument("--num-cpus", type=int, help="logical CPUs of a local Ray instance (demo: 4 on any machine)")
-    g.add_argument("--storage-path", default="ray_results", help="root of experiment folders")
+    g.add_argument("--storage-path", default="ray_results",
+                   help="root of experiment folders: a local/NFS path or a URI (s3://bucket/prefix) for trials and "
+                        "checkpoints")
+    g.add_argument("--local-dir", default="ray_results",
+                   help="with a URI --storage-path: local root for the Optuna journal, tables, plots and exports")
     g.add_argument("--experiment", help="experiment name (default <dataset>_demo / _smoke / _search); rerun the "
                                         "same command to resume it")
     g.add_argument("--num-to-keep", type=int, default=2, help="checkpoints kept per trial")
@@ -127,7 +131,8 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
     experiment = args.experiment or f"{dataset}_{'smoke' if args.smoke_test else 'demo' if demo else 'search'}"
     trials = args.trials if args.trials is not None else (budget["trials"] if demo else 32)
     return SweepSettings(
-        space=space, experiment=experiment, storage_root=args.storage_path, splits=splits, overrides=over,
+        space=space, experiment=experiment, storage_root=args.storage_path, local_dir=args.local_dir,
+        splits=splits, overrides=over,
         num_samples=trials,
         max_concurrent=args.max_concurrent or (budget["max_concurrent"] if demo else 4),
         n_startup_trials=args.n_startup_trials if args.n_startup_trials is not None else (

@@ -38,19 +38,36 @@ def checkpoint_file(path: str | Path) -> Path:
     raise UserError(f"{p}: no checkpoint file ({' / '.join(CHECKPOINT_FILES)}) in this checkpoint directory")
 
 
+def _download(uri: str, dest: Path) -> Path:
+    """Copy a remote checkpoint directory (s3://..., gs://...) into ``dest``."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{uri}: cannot download the checkpoint ({str(e).splitlines()[0]})") from None
+    return dest
+
+
 def export_trial(row: dict[str, Any], params: list[str], out_dir: Path) -> Path:
     """Export one results row's checkpoint into ``out_dir`` atomically."""
     from npsemiseg.engine.export import export_model
 
     if not row.get("checkpoint_path"):
         raise UserError(f"trial {row['trial_id']} ({row['split']}): no retained checkpoint to export")
-    ckpt = checkpoint_file(row["checkpoint_path"])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    src = str(row["checkpoint_path"])
     try:
+        if "://" in src:
+            ckpt = checkpoint_file(_download(src, tmp / ".checkpoint"))
+        else:
+            ckpt = checkpoint_file(src)
         export_model(str(ckpt), tmp)
+        shutil.rmtree(tmp / ".checkpoint", ignore_errors=True)
         info = {
-            "split": row["split"], "trial_id": row["trial_id"], "checkpoint": str(ckpt),
+            "split": row["split"], "trial_id": row["trial_id"], "checkpoint": src,
             "best_miou": row["best_miou"], "best_step": int(row["best_step"]), "iterations": int(row["iterations"]),
             "params": {k: _plain(row.get(k)) for k in params},
         }

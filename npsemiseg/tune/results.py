@@ -41,12 +41,19 @@ def _trials_by_path(grid: Any) -> dict[str, Any]:
     return {str(t.path): t for t in getattr(analysis, "trials", [])}
 
 
-def _pick_checkpoint(hist: pd.DataFrame) -> str:
-    """The checkpoint reported with the best val/miou that still exists, else the latest existing one."""
+def _pick_checkpoint(hist: pd.DataFrame, scheme: str = "") -> str:
+    """The checkpoint reported with the best val/miou that still exists, else the latest existing one.
+
+    With remote storage (``scheme`` like "s3") Ray reports paths without the scheme: they are turned back into URIs
+    and not checked (retention keeps the best by val/miou, so the best one is there).
+    """
     if hist.empty or "checkpoint_path" not in hist:
         return ""
-    h = hist[hist["checkpoint_path"].notna() & (hist["checkpoint_path"] != "")]
-    h = h[h["checkpoint_path"].map(lambda p: os.path.exists(str(p)))]
+    h = hist[hist["checkpoint_path"].notna() & (hist["checkpoint_path"] != "")].copy()
+    if scheme:
+        h["checkpoint_path"] = h["checkpoint_path"].map(lambda p: p if "://" in p else f"{scheme}://{p}")
+    else:
+        h = h[h["checkpoint_path"].map(lambda p: os.path.exists(str(p)))]
     if h.empty:
         return ""
     if "val/miou" in h and h["val/miou"].notna().any():
@@ -87,7 +94,7 @@ def trial_row(settings: Any, split: str, result: Any, trial: Any, budget: int) -
         "worker_hours": wall * res.workers / 3600.0,
         "cpu_hours": wall * res.workers * res.cpus_per_worker / 3600.0,
         "gpu_hours": wall * res.gpus_per_trial / 3600.0,
-        "checkpoint_path": _pick_checkpoint(hist),
+        "checkpoint_path": _pick_checkpoint(hist, settings.storage_uri.split("://")[0] if settings.remote else ""),
         "trial_path": str(result.path),
         "error": "" if result.error is None else str(result.error).splitlines()[0][:300] if str(result.error) else
         type(result.error).__name__,

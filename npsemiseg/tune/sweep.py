@@ -8,6 +8,9 @@ Layout of an experiment (``<storage_root>/<experiment>/``)::
     results.parquet/.csv   one row per trial (npsemiseg.tune.results), history.parquet, pareto.*
     plots/, exports/<split>/
 
+With a remote ``storage_root`` (``s3://...``, ``gs://...``) the Tune experiments and Train runs live there (so trials
+survive node loss) while the journal, tables, plots and exports stay in the local ``<local_dir>/<experiment>/``.
+
 Rerunning the same command resumes: a split whose Tune directory can be restored is restored (finished trials are
 not rerun, unfinished ones restart and their Train runs continue from their last checkpoints).
 """
@@ -38,7 +41,8 @@ class SweepSettings:
 
     space: SearchSpace
     experiment: str = "sweep"
-    storage_root: str = "ray_results"
+    storage_root: str = "ray_results"  # a local folder or a URI (s3://bucket/prefix) Tune and Train accept
+    local_dir: str = "ray_results"  # with a URI storage_root: where the journal, tables, plots and exports go
     splits: list[str] = field(default_factory=list)  # empty = the space file's splits
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to the recipe for every trial
     num_samples: int = 8  # trials per split
@@ -88,8 +92,22 @@ class SweepSettings:
                             f"got {self.grace_period}")
 
     @property
+    def remote(self) -> bool:
+        return "://" in self.storage_root
+
+    @property
+    def storage_uri(self) -> str:
+        """Where Tune and Train write (a URI is passed through untouched; a local path is made absolute)."""
+        return self.storage_root.rstrip("/") if self.remote else str(Path(self.storage_root).resolve())
+
+    @property
     def experiment_dir(self) -> Path:
-        return Path(self.storage_root).resolve() / self.experiment
+        """The local experiment folder (journal, results, plots, exports; everything when storage is local)."""
+        return Path(self.local_dir if self.remote else self.storage_root).resolve() / self.experiment
+
+    def tune_path(self, split: str) -> str:
+        """The split's Tune experiment (under the storage, local or remote)."""
+        return f"{self.storage_uri}/{self.experiment}/{split_slug(split)}"
 
     @property
     def multi_objective(self) -> bool:
@@ -161,15 +179,20 @@ def make_scheduler(settings: SweepSettings) -> Any:
     )
 
 
-def make_trainable(settings: SweepSettings, split: str) -> Any:
-    from ray import tune
-
-    spec = TrialSpec(
+def trial_spec(settings: SweepSettings, split: str) -> TrialSpec:
+    """What every trial of ``split`` shares (Train runs go to ``<storage>/<experiment>/<trial_id>``)."""
+    return TrialSpec(
         base=settings.base_config().to_dict(), split=split, experiment=settings.experiment,
-        storage_root=str(settings.experiment_dir.parent), resources=settings.resources,
+        storage_root=settings.storage_uri, resources=settings.resources,
         num_to_keep=settings.num_to_keep, max_failures=settings.max_failures,
         trainer_factory=settings.trainer_factory,
     )
+
+
+def make_trainable(settings: SweepSettings, split: str) -> Any:
+    from ray import tune
+
+    spec = trial_spec(settings, split)
     return tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": TRIAL_DRIVER_CPU})
 
 
@@ -178,11 +201,11 @@ def run_split(settings: SweepSettings, split: str) -> Any:
     from ray import tune
 
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(settings.checkpoint_period_s)
-    path = settings.experiment_dir / split_slug(split)
+    path = settings.tune_path(split)
     trainable = make_trainable(settings, split)
-    if tune.Tuner.can_restore(str(path)):
+    if tune.Tuner.can_restore(path):
         print(f"[sweep] {split}: resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -192,7 +215,8 @@ def run_split(settings: SweepSettings, split: str) -> Any:
                 trial_dirname_creator=trial_dirname, reuse_actors=False,
             ),
             run_config=tune.RunConfig(
-                name=split_slug(split), storage_path=str(settings.experiment_dir), verbose=settings.verbose,
+                name=split_slug(split), storage_path=f"{settings.storage_uri}/{settings.experiment}",
+                verbose=settings.verbose,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             ),
         )
@@ -204,7 +228,8 @@ def plan_lines(settings: SweepSettings, cluster: dict[str, float] | None = None)
     cfg = settings.base_config()
     metrics, modes = settings.metrics_and_modes()
     lines = [
-        f"experiment   {settings.experiment_dir}",
+        f"experiment   {settings.experiment_dir}"
+        + (f" (trials and checkpoints in {settings.storage_uri}/{settings.experiment})" if settings.remote else ""),
         f"recipe       {settings.space.recipe or '(defaults)'} + {settings.space.path}",
         f"splits       {len(settings.splits)} x {settings.num_samples} trials = "
         f"{len(settings.splits) * settings.num_samples} trials: {', '.join(settings.splits)}",

@@ -1,0 +1,153 @@
+"""Results logic without Ray: best/Pareto only from full-budget trials, checkpoint choice, tables, plots, settings,
+remote storage URIs passed through untouched, sweep flags (dry run) and their errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from npsemiseg.errors import UserError
+from npsemiseg.tune.cli import sweep_main
+from npsemiseg.tune.export import export_experiment
+from npsemiseg.tune.plots import write_plots
+from npsemiseg.tune.resources import TrialResources
+from npsemiseg.tune.results import (
+    _pick_checkpoint,
+    best_per_split,
+    pareto_front,
+    read_results,
+    summary_text,
+    write_table,
+)
+from npsemiseg.tune.space import load_space
+from npsemiseg.tune.sweep import SweepSettings, plan_lines, split_slug, trial_spec
+
+SPACE = """
+splits: [demo/1_8, demo/1_4]
+overrides: {train.iters: 40, train.eval_every: 10}
+params:
+  train.conf_threshold: {type: float, low: 0.5, high: 0.95}
+  model.latent_dim: {type: categorical, choices: [8, 16]}
+"""
+
+
+@pytest.fixture
+def space(tmp_path: Path):
+    p = tmp_path / "space.yaml"
+    p.write_text(SPACE)
+    return load_space(p)
+
+
+def _df() -> pd.DataFrame:
+    rows = [
+        # split, trial, full, best, last, ece, auroc
+        ("demo/1_8", "a", True, 0.50, 0.48, 0.10, 0.80),
+        ("demo/1_8", "b", True, 0.55, 0.55, 0.20, 0.70),
+        ("demo/1_8", "c", False, 0.90, 0.90, 0.01, 0.99),  # stopped early: never best, never on the front
+        ("demo/1_8", "d", True, 0.45, 0.45, 0.30, 0.60),  # dominated by a
+        ("demo/1_4", "e", False, 0.70, 0.70, 0.10, 0.80),
+    ]
+    return pd.DataFrame([
+        {"split": s, "trial_id": t, "full_budget": f, "best_miou": b, "last_miou": lm, "last_ece": e,
+         "last_err_auroc": au, "status": "COMPLETE" if f else "STOPPED", "iterations": 40 if f else 10,
+         "best_step": 40, "wall_time_s": 1.0, "checkpoint_path": "", "train.conf_threshold": 0.7,
+         "model.latent_dim": 8}
+        for s, t, f, b, lm, e, au in rows
+    ])
+
+
+def test_best_and_pareto_use_full_budget_trials_only() -> None:
+    df = _df()
+    best = best_per_split(df)
+    assert list(best["trial_id"]) == ["b"]  # demo/1_4 has no full-budget trial
+    front = pareto_front(df, ("miou", "ece"))
+    assert sorted(front["trial_id"]) == ["a", "b"]
+    front = pareto_front(df, ("miou", "err_auroc"))
+    assert sorted(front["trial_id"]) == ["a", "b"]
+    text = summary_text(df, ["train.conf_threshold", "model.latent_dim"])
+    assert "demo/1_8: val/miou 0.5500 (trial b)" in text and "demo/1_4: no trial ran the full budget" in text
+
+
+def test_pick_checkpoint(tmp_path: Path) -> None:
+    kept = [tmp_path / "ck2", tmp_path / "ck3"]
+    for k in kept:
+        k.mkdir()
+    hist = pd.DataFrame({"val/miou": [0.9, 0.5, 0.6],
+                         "checkpoint_path": [str(tmp_path / "ck1"), str(kept[0]), str(kept[1])]})
+    assert _pick_checkpoint(hist) == str(kept[1])  # ck1 (the best) was deleted: best existing one
+    assert _pick_checkpoint(hist, "s3") == f"s3://{tmp_path}/ck1"  # remote: not checked, URI restored
+    assert _pick_checkpoint(pd.DataFrame()) == ""
+
+
+def test_tables_roundtrip_and_plots(tmp_path: Path) -> None:
+    df = _df()
+    write_table(df, tmp_path / "results.parquet", {"params": ["train.conf_threshold"]})
+    back, meta = read_results(tmp_path)
+    assert meta["params"] == ["train.conf_threshold"] and len(back) == 5
+    assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("split,trial_id")
+    hist = pd.DataFrame({"split": ["demo/1_8"] * 2, "trial_id": ["a", "a"], "step": [10, 40],
+                         "val/miou": [0.3, 0.5]})
+    paths = write_plots(tmp_path, df, hist, ["train.conf_threshold", "model.latent_dim"])
+    assert [p.name for p in paths] == ["demo_1_8_params.png", "demo_1_8_history.png", "demo_1_4_params.png",
+                                       "demo_1_4_history.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    with pytest.raises(UserError, match="no results table"):
+        read_results(tmp_path / "missing")
+
+
+def test_export_names_missing_split_and_skips_without_checkpoint(tmp_path: Path, capsys) -> None:
+    write_table(_df(), tmp_path / "results.parquet", {"params": []})
+    with pytest.raises(UserError, match="--split: 'demo/1_2' is not in"):
+        export_experiment(tmp_path, split="demo/1_2")
+    assert export_experiment(tmp_path) == {}
+    out = capsys.readouterr().out
+    assert "demo/1_8: best trial b not exported" in out and "demo/1_4: nothing exported" in out
+    assert not (tmp_path / "exports" / "demo" / "1_8").exists()
+
+
+def test_remote_storage_uri_passes_through(space, tmp_path: Path) -> None:
+    s = SweepSettings(space=space, experiment="exp", storage_root="s3://bucket/sweeps/", local_dir=str(tmp_path))
+    assert s.remote and s.storage_uri == "s3://bucket/sweeps"
+    assert s.experiment_dir == tmp_path.resolve() / "exp"
+    assert s.tune_path("demo/1_8") == "s3://bucket/sweeps/exp/demo_1_8"
+    assert trial_spec(s, "demo/1_8").storage_root == "s3://bucket/sweeps"
+    local = SweepSettings(space=space, experiment="exp", storage_root=str(tmp_path / "rr"))
+    assert not local.remote and local.experiment_dir == (tmp_path / "rr" / "exp").resolve()
+    assert trial_spec(local, "demo/1_8").storage_root == str((tmp_path / "rr").resolve())
+
+
+def test_settings_defaults_and_errors(space) -> None:
+    s = SweepSettings(space=space, resources=TrialResources(workers=2, cpus_per_worker=3, gpus_per_trial=2))
+    assert s.splits == ["demo/1_8", "demo/1_4"] and s.grace_period == 10 and s.max_t(s.base_config()) == 40
+    plan = "\n".join(plan_lines(s, {"CPU": 16.0, "GPU": 2.0}))
+    assert "2 x 8 trials = 16 trials" in plan and "2 worker(s) x 3 CPU, 2 GPU per trial" in plan
+    assert "-> 1 trial(s) fit at once now" in plan
+    assert SweepSettings(space=space, time_attr="training_iteration").max_t(s.base_config()) == 4
+    for kw, match in [({"experiment": "a/b"}, "--experiment"), ({"objectives": ("ece",)}, "--objectives"),
+                      ({"objectives": ("miou", "acc")}, "--objectives"), ({"grace_period": 41}, "--grace-period"),
+                      ({"reduction_factor": 1.0}, "--reduction-factor"), ({"num_samples": 0}, "--trials")]:
+        with pytest.raises(UserError, match=match):
+            SweepSettings(space=space, **kw)
+    assert split_slug("voc/classic/92") == "voc_classic_92"
+
+
+def test_script_dry_run_and_bad_flags(space, tmp_path: Path, capsys) -> None:
+    argv = ["--space", str(space.path), "--dry-run", "--demo-root", str(tmp_path / "d"), "--trials", "3",
+            "--set", "train.iters=20", "--grace-period", "5"]
+    assert sweep_main("voc", argv) == 0
+    out = capsys.readouterr().out
+    assert "[plan] splits       2 x 3 trials = 6 trials: demo/1_8, demo/1_4" in out
+    assert "20 steps per trial" in out and "grace 5" in out
+    assert not (tmp_path / "d").exists()  # a dry run generates nothing
+    assert sweep_main("voc", argv + ["--smoke-test"]) == 0
+    assert "1 x 3 trials" in capsys.readouterr().out
+    for extra, msg in [(["--set", "train.conf_threshold=0.9"], "is searched by"),
+                       (["--set", "train.bogus=1"], "train.bogus: unknown config key"),
+                       (["--gpus-per-trial", "0.5", "--workers-per-trial", "2"], "several ranks"),
+                       (["--objectives", "miou,foo"], "--objectives")]:
+        assert sweep_main("voc", argv + extra) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1
+    assert sweep_main("voc", ["--data-root", str(tmp_path / "none"), "--space", str(space.path)]) == 2
+    assert "--data-root: folder not found" in capsys.readouterr().err
