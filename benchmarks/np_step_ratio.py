@@ -17,6 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from npsemiseg.config import ModelConfig
 from npsemiseg.models import build_model, downsample_labels, upsample_logits
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--no-flops", action="store_true", help="skip the (noise-free) FLOP count of one step each")
     ap.add_argument("--smoke-test", action="store_true", help="tiny model, one repeat")
     a = ap.parse_args(argv)
     if a.smoke_test:
@@ -82,6 +84,14 @@ def main(argv: list[str] | None = None) -> None:
             cpu[name].append(time.process_time() - c0)
     print(f"{a.backbone} width {a.width} OS{a.output_stride} crop {a.crop} batch {a.batch} T={a.t} "
           f"threads {torch.get_num_threads()} repeats {a.repeats} (interleaved)")
+    if not a.no_flops:
+        flops = {}
+        for name, s in steps.items():
+            with FlopCounterMode(display=False) as counter:
+                s()
+            flops[name] = counter.get_total_flops()
+        print(f"  conv/matmul FLOPs per step (forward + backward, counted by torch): plain {flops['plain'] / 1e9:.1f} G, "
+              f"np {flops['np'] / 1e9:.1f} G, ratio {flops['np'] / flops['plain']:.3f}x")
     for label, times in (("wall", wall), ("process CPU", cpu)):
         ratios = [n / p for n, p in zip(times["np"], times["plain"])]
         for name in steps:

@@ -49,15 +49,17 @@ class _AttendMean(torch.autograd.Function):
     """mean over pixels of the per-dimension attention readout; centres are constants (buffers)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # no float16 bmm/exp under autocast
     def forward(ctx, q: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         b, dim = q.shape[:2]
         r, e2 = _attend_chunks(q.flatten(2).transpose(0, 1).reshape(dim, -1), centres)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(2.0 * (e2 - r * r))  # d r / d q = 2 Var_a(m), elementwise (L x B*P)
+            ctx.save_for_backward(2.0 * (e2 - r * r).clamp_min_(0))  # d r / d q = 2 Var_a(m) (L x B*P)
             ctx.q_shape = q.shape
         return r.view(dim, b, -1).mean(2).t()
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:  # type: ignore[override]
         if not ctx.needs_input_grad[0]:
             return None, None
