@@ -45,16 +45,21 @@ def make_batches(cfg: Config, scale: int, seed: int) -> tuple[dict[str, torch.Te
     return bl, bu
 
 
-def time_steps(state: Any, bl: dict, bu: dict, steps: int) -> float:
-    """Median seconds per train_step over ``steps`` steps."""
+def time_steps(state: Any, bl: dict, bu: dict, steps: int) -> tuple[float, float]:
+    """Median (wall seconds, this thread's CPU seconds) per train_step over ``steps`` steps.
+
+    With one torch thread the step's compute runs in the calling thread, so its CPU time measures the work done
+    independently of how busy the machine is; wall time includes waiting for a core.
+    """
     from npsemiseg.engine.step import train_step
 
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         train_step(state, bl, bu)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.thread_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def _build(cfg: Config, ctx: RunContext) -> Any:
@@ -89,12 +94,14 @@ def ray_worker(config: dict[str, Any]) -> dict[str, Any]:
     spaced = []
     for i in range(config["rounds"]):
         _wait(sync / f"go_{i}")
-        t = time_steps(state, bl, bu, config["steps"])
+        t, c = time_steps(state, bl, bu, config["steps"])
         r = time.perf_counter()
         ray.train.report({"round": i})  # one metrics-only report after real work (a barrier over all ranks)
         spaced.append(time.perf_counter() - r)
-        if ctx.rank == 0:
-            (sync / f"done_{i}.json").write_text(json.dumps({"step_s": t, "threads": torch.get_num_threads()}))
+        if ctx.rank == 0:  # temp file + rename: the driver never reads a half-written file
+            tmp = sync / f".done_{i}.tmp"
+            tmp.write_text(json.dumps({"step_s": t, "cpu_s": c, "threads": torch.get_num_threads()}))
+            tmp.rename(sync / f"done_{i}.json")
     burst = []
     for k in range(config["reports"]):  # back to back: throttled by the controller draining its queue
         r = time.perf_counter()
@@ -124,16 +131,21 @@ def interleaved(cfg: Config, workers: int, args: argparse.Namespace, plain_sides
         time_steps(st, bl, bu, args.warmup)
         plain[name] = (st, bl, bu, threads)
     times: dict[str, list[float]] = {name: [] for name in plain} | {"ray": []}
+    cpu: dict[str, list[float]] = {name: [] for name in times}
     for i in range(args.rounds):
         for name, (st, bl, bu, threads) in plain.items():
             torch.set_num_threads(threads)
-            times[name].append(time_steps(st, bl, bu, args.steps))
+            t, c = time_steps(st, bl, bu, args.steps)
+            times[name].append(t)
+            cpu[name].append(c)
         torch.set_num_threads(args.threads)
         (sync / f"go_{i}").touch()
         _wait(sync / f"done_{i}.json")
         done = json.loads((sync / f"done_{i}.json").read_text())
         times["ray"].append(done["step_s"])
+        cpu["ray"].append(done["cpu_s"])
         out["worker_threads"] = done["threads"]
+    out["cpu"] = cpu
     fit.join()
     result = out["result"]
     out.update(result.return_value or {})
@@ -169,10 +181,15 @@ def main() -> None:
     print(f"[1 worker] plain loop {plain_s * 1e3:.1f} ms/step | TorchTrainer(1 worker, {info['worker_threads']} "
           f"thread) {ray_s * 1e3:.1f} ms/step | ratio median {statistics.median(ratios):.3f} "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target <= 1.05)")
+    cpu_ratios = [r / p for r, p in zip(info["cpu"]["ray"], info["cpu"]["plain"])]
+    print(f"[1 worker] CPU time of the stepping thread: plain {statistics.median(info['cpu']['plain']) * 1e3:.1f} "
+          f"ms | Ray worker {statistics.median(info['cpu']['ray']) * 1e3:.1f} ms | ratio median "
+          f"{statistics.median(cpu_ratios):.3f} (independent of machine load)")
     print(f"[1 worker] metrics-only ray.train.report: {info['report_s'] * 1e3:.1f} ms after a round of steps, "
           f"{info['burst_report_s'] * 1e3:.0f} ms each when back to back")
     summary = {"plain_ms": plain_s * 1e3, "ray1_ms": ray_s * 1e3, "ratio": statistics.median(ratios),
-               "report_ms": info["report_s"] * 1e3, "burst_report_ms": info["burst_report_s"] * 1e3}
+               "cpu_ratio": statistics.median(cpu_ratios), "report_ms": info["report_s"] * 1e3,
+               "burst_report_ms": info["burst_report_s"] * 1e3}
 
     if not args.skip_scaling:
         sides = {"plain_1t": (args.threads, 1), "plain_2t_global": (2 * args.threads, 2)}
