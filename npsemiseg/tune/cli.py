@@ -53,7 +53,7 @@ def add_sweep_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
     g.add_argument("--smoke-test", action="store_true", help="tiny CI sweep: 1 split x 2 trials, a few steps")
     g = p.add_argument_group("resources and storage")
     g.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (ranks) per trial")
-    g.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default 1; 8 with --use-gpu)")
+    g.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default 1; with GPUs 8 per GPU)")
     g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction lets trials share a GPU "
                                                         "(one worker only); default 1 with --use-gpu")
     g.add_argument("--use-gpu", action="store_true", help="train on GPUs (implies --gpus-per-trial 1)")
@@ -123,8 +123,10 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
         splits = splits[: SMOKE["splits"]]
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
         DEFAULT_GPU_TRIAL_RESOURCES["GPU"] if args.use_gpu else 0.0)
+    # Default CPUs follow the GPU share: a whole GPU comes with 8 CPUs (a gpu_1x node), half a GPU with 4.
+    per_gpu_worker = gpus / max(1, args.workers_per_trial)
     cpus = args.cpus_per_worker if args.cpus_per_worker is not None else (
-        DEFAULT_GPU_TRIAL_RESOURCES["CPU"] / max(1, args.workers_per_trial) if gpus > 0 else 1.0)
+        max(1.0, DEFAULT_GPU_TRIAL_RESOURCES["CPU"] * per_gpu_worker) if gpus > 0 else 1.0)
     resources = TrialResources(workers=args.workers_per_trial, cpus_per_worker=cpus, gpus_per_trial=gpus)
     if resources.use_gpu:
         over.setdefault("device", "cuda")
