@@ -124,6 +124,8 @@ def test_settings_defaults_and_errors(space) -> None:
     assert "2 x 8 trials = 16 trials" in plan and "2 worker(s) x 3 CPU, 2 GPU per trial" in plan
     assert "-> 1 trial(s) fit at once now" in plan
     assert SweepSettings(space=space, time_attr="training_iteration").max_t(s.base_config()) == 4
+    space.asha["grace_period"] = 10
+    assert SweepSettings(space=space, overrides={"train.iters": 6}).grace_period == 6  # clamped to the budget
     for kw, match in [({"experiment": "a/b"}, "--experiment"), ({"objectives": ("ece",)}, "--objectives"),
                       ({"objectives": ("miou", "acc")}, "--objectives"), ({"grace_period": 41}, "--grace-period"),
                       ({"reduction_factor": 1.0}, "--reduction-factor"), ({"num_samples": 0}, "--trials")]:

@@ -85,8 +85,8 @@ class SweepSettings:
         if self.reduction_factor <= 1:
             raise UserError(f"--reduction-factor: must be > 1, got {self.reduction_factor}")
         base = self.base_config()
-        if self.grace_period is None:
-            self.grace_period = int(asha.get("grace_period", max(1, self.max_t(base) // 4)))
+        if self.grace_period is None:  # from the space file, clamped to a budget shortened by overrides
+            self.grace_period = min(int(asha.get("grace_period", max(1, self.max_t(base) // 4))), self.max_t(base))
         if not 1 <= self.grace_period <= self.max_t(base):
             raise UserError(f"--grace-period: must be in [1, {self.max_t(base)}] ({self.time_attr}), "
                             f"got {self.grace_period}")
