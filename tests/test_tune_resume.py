@@ -22,6 +22,8 @@ import pandas as pd
 import pytest
 from conftest import TINY_OVERRIDES
 
+from npsemiseg.tune.sweep import JOURNAL
+
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 24
 STEP_RE = re.compile(r"checkpoint_step(\d+)_")
@@ -138,3 +140,9 @@ def test_sigkill_driver_then_resume(demo_root: Path, tmp_path: Path) -> None:
     assert sorted(table["trial_id"]) == sorted(before)
     assert table["full_budget"].all() and (table["iterations"] == ITERS).all()
     assert (exp / "exports" / "demo" / "1_4" / "model.pt").is_file()
+
+    import optuna  # the study in the journal continued: both trials told, none left RUNNING
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL)))
+    study = optuna.load_study(study_name="kill/demo/1_4", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
