@@ -63,3 +63,13 @@ def test_cli_converts_and_reports_bad_root(tmp_path, capsys):
     assert main(["cityscapes-trainids", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope" in err and "Traceback" not in err
+
+
+def test_cli_corrupt_label_file_is_one_line(tmp_path, capsys):
+    _write_city(tmp_path, np.array([[7, 8]], np.uint8))
+    bad = tmp_path / "gtFine/val/bonn/bonn_000000_000002_gtFine_labelIds.png"
+    bad.write_bytes(bad.read_bytes()[:30])  # truncated PNG
+    assert main(["cityscapes-trainids", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and bad.name in err and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.tmp"))  # no half-written output

@@ -172,3 +172,15 @@ def test_voc_tree_rejects_val_in_train(demo_root, tmp_path):
         f.write(val0 + "\n")
     with pytest.raises(UserError, match="val ids are also in the train pool"):
         VOCTree(root)
+
+
+def test_make_splits_cli_names_list_line_of_missing_image(demo_root, tmp_path, capsys):
+    root = tmp_path / "voc"
+    shutil.copytree(demo_root / "voc", root)
+    sets = root / "VOCdevkit/VOC2012/ImageSets/Segmentation"
+    ids = (sets / "train.txt").read_text().split()
+    (root / f"VOCdevkit/VOC2012/JPEGImages/{ids[2]}.jpg").unlink()
+    assert main(["make-splits", "--root", str(root), "--split", "demo/1_4", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.txt:3: image not found" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
