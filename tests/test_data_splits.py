@@ -184,3 +184,17 @@ def test_make_splits_cli_names_list_line_of_missing_image(demo_root, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train.txt:3: image not found" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_voc_pool_without_train_aug_list(demo_root, tmp_path):
+    root = tmp_path / "voc"
+    shutil.copytree(demo_root / "voc", root)
+    sets = root / "VOCdevkit/VOC2012/ImageSets/Segmentation"
+    with_list = VOCTree(root)
+    (sets / "train_aug.txt").unlink()  # derive the pool from SegmentationClassAug instead
+    derived = VOCTree(root)
+    assert [s.id for s in derived.train_pool()] == [s.id for s in with_list.train_pool()]
+    assert [s.mask for s in derived.annotated_pool()] == [s.mask for s in with_list.annotated_pool()]
+    fine = set(derived.fine_ids())
+    assert all(s.mask.parent.name == ("SegmentationClass" if s.id in fine else "SegmentationClassAug")
+               for s in derived.annotated_pool())
