@@ -117,6 +117,10 @@ def test_pretrained_errors_name_the_file(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(UserError, match=r"model.pretrained=torchvision: .*resnet18-f37072fd\.pth not found"):
         build_model(tiny(width=64, pretrained="torchvision"), C)
+    with pytest.raises(UserError, match=r"need model.width=64 and model.deep_stem=false \(got width 8"):
+        build_model(tiny(width=8, pretrained="torchvision"), C)
+    with pytest.raises(UserError, match=r"deep_stem True"):
+        build_model(tiny(width=64, deep_stem=True, pretrained="torchvision"), C)
     narrow = tmp_path / "narrow.pth"
     torch.save(torchvision.models.resnet18().state_dict(), narrow)
     with pytest.raises(UserError, match=r"narrow\.pth does not fit resnet18 \(width 8\): key 'conv1.weight'"):

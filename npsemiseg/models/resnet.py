@@ -166,6 +166,10 @@ def load_pretrained(net: ResNet, source: str, depth: str) -> Path:
     the classifier (``fc.*``) is ignored. Any missing trunk key or shape mismatch is a UserError naming the file.
     """
     if source == "torchvision":
+        if net.width != 64 or isinstance(net.conv1, nn.Sequential):
+            raise UserError("model.pretrained=torchvision: torchvision's ImageNet weights need model.width=64 and "
+                            f"model.deep_stem=false (got width {net.width}, deep_stem "
+                            f"{isinstance(net.conv1, nn.Sequential)}); give a local .pth for other layouts")
         path = torchvision_cache_file(depth)
         if path is None:
             raise UserError(f"model.pretrained=torchvision: {_expected_cache_path(depth)} not found "
