@@ -43,9 +43,33 @@ def test_sync_bn_choice(sync_bn: bool, device: str, world: int, expected: bool) 
     assert use_sync_bn(cfg, torch.device(device), world) is expected
 
 
-def test_ddp_kwargs_by_head() -> None:
-    assert ddp_kwargs(apply_overrides(Config(), {"model.head": "np"})) == {"find_unused_parameters": True}
-    assert ddp_kwargs(apply_overrides(Config(), {"model.head": "plain"})) == {"find_unused_parameters": False}
+TINY_MODEL = {"model.backbone": "resnet18", "model.width": 8, "model.aspp_channels": 16, "model.latent_dim": 8,
+              "model.bank_capacity": 32, "model.t_train": 2, "data.crop_size": 32, "data.batch_size_l": 2,
+              "data.batch_size_u": 2, "device": "cpu", "train.conf_threshold": 0.0}
+
+
+@pytest.mark.parametrize("over", [
+    {}, {"train.semi": False}, {"model.np_mode": "released"}, {"model.kl_weight": 0.0},
+    {"model.head": "plain"}, {"model.head": "mcdropout"},
+], ids=["np-semi", "np-sup", "np-released", "np-no-kl", "plain", "mcdropout"])
+def test_every_parameter_gets_a_gradient_so_ddp_needs_no_unused_search(over: dict) -> None:
+    """``ddp_kwargs`` turns find_unused_parameters off; that is only valid while no parameter is left out of a
+    step's backward pass (two steps: the first with empty banks, the second with filled ones)."""
+    from npsemiseg.engine.context import RunContext
+    from npsemiseg.engine.step import build_state, train_step
+
+    cfg = apply_overrides(Config(), {**TINY_MODEL, **over})
+    assert ddp_kwargs(cfg) == {"find_unused_parameters": False}
+    torch.manual_seed(0)
+    state = build_state(cfg, RunContext("cpu"), num_classes=5)
+    s = cfg.data.crop_size
+    bl = {"image": torch.randn(2, 3, s, s), "mask": torch.randint(0, 5, (2, s, s))}
+    bu = {"image_w": torch.randn(2, 3, s, s), "image_s": torch.randn(2, 3, s, s),
+          "ignore": torch.zeros(2, s, s, dtype=torch.int64), "box": torch.zeros(2, s, s, dtype=torch.int64)}
+    for _ in range(2):
+        train_step(state, bl, bu)
+        missing = [n for n, p in state.model.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == []
 
 
 def test_syncbn_conversion_roundtrip_keeps_state_keys() -> None:

@@ -39,11 +39,12 @@ def use_sync_bn(cfg: Config, device: torch.device, world_size: int) -> bool:
 def ddp_kwargs(cfg: Config) -> dict[str, Any]:
     """DistributedDataParallel options for this model.
 
-    The NP head reads ``F.detach()`` and, in some configurations (zero KL weight, empty banks, the
-    ``released`` mode), parts of it get no gradient on a step; DDP must then look for unused parameters
-    instead of waiting forever for their gradients. Plain and MC-dropout heads use every parameter.
+    ``find_unused_parameters`` stays off: although the NP head's query path reads ``F.detach()``, every
+    parameter still gets a gradient on every step (phi through the sampled latent and the KL term, the backbone
+    through F into the decoder), for every head and mode; ``tests/test_distributed_unit.py`` checks this, so DDP
+    can skip the extra autograd-graph traversal that the flag costs each step.
     """
-    return {"find_unused_parameters": cfg.model.head == "np"}
+    return {"find_unused_parameters": False}
 
 
 def strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
