@@ -67,6 +67,9 @@ def test_best_and_pareto_use_full_budget_trials_only() -> None:
     assert sorted(front["trial_id"]) == ["a", "b"]
     text = summary_text(df, ["train.conf_threshold", "model.latent_dim"])
     assert "demo/1_8: val/miou 0.5500 (trial b)" in text and "demo/1_4: no trial ran the full budget" in text
+    err = dict(df.iloc[0], trial_id="z", status="ERROR", full_budget=False, error="UserError: bad root")
+    text = summary_text(pd.concat([df, pd.DataFrame([err])]), [])
+    assert "1 trial(s) failed:\n  demo/1_8 trial z: UserError: bad root" in text
 
 
 def test_pick_checkpoint(tmp_path: Path) -> None:

@@ -69,7 +69,8 @@ def trial_row(settings: Any, split: str, result: Any, trial: Any, budget: int) -
     hist = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     hist = hist[[c for c in HISTORY_COLUMNS if c in hist.columns]].copy()
     budget = int(config.get("train.iters", budget))
-    last_step = int(_float(metrics.get("step", hist["step"].iloc[-1] if "step" in hist and len(hist) else 0)) or 0)
+    last_step = _float(metrics.get("step", hist["step"].iloc[-1] if "step" in hist and len(hist) else 0))
+    last_step = 0 if math.isnan(last_step) else int(last_step)
     miou = hist["val/miou"] if "val/miou" in hist else pd.Series(dtype=float)
     wall = _float(metrics.get("time_total_s", 0.0))
     wall = 0.0 if math.isnan(wall) else wall
@@ -83,7 +84,7 @@ def trial_row(settings: Any, split: str, result: Any, trial: Any, budget: int) -
         "full_budget": bool(full),
         "iterations": last_step,
         "budget": budget,
-        "reports": int(_float(metrics.get("training_iteration", len(hist))) or 0),
+        "reports": len(hist),
         "best_miou": float(miou.max()) if miou.notna().any() else math.nan,
         "best_step": int(hist.loc[miou.idxmax(), "step"]) if miou.notna().any() and "step" in hist else -1,
         "last_miou": _float(metrics.get("val/miou")),
@@ -221,4 +222,8 @@ def summary_text(df: pd.DataFrame, params: list[str]) -> str:
     missing = [s for s in df["split"].unique() if s not in set(best["split"])]
     for s in missing:
         out.append(f"  {s}: no trial ran the full budget")
+    errors = df[df["status"] == "ERROR"] if "status" in df else df.iloc[:0]
+    if len(errors):
+        out.append(f"\n{len(errors)} trial(s) failed:")
+        out.extend(f"  {r['split']} trial {r['trial_id']}: {r.get('error', '')}" for _, r in errors.iterrows())
     return "\n".join(out)

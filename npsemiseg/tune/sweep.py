@@ -220,7 +220,12 @@ def run_split(settings: SweepSettings, split: str) -> Any:
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             ),
         )
-    return tuner.fit()
+    grid = tuner.fit()
+    # Tune returns normally after Ctrl-C (it saved its state): stop here rather than start the next split.
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", [])
+    if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+        raise KeyboardInterrupt(f"{split}: sweep interrupted with unfinished trials")
+    return grid
 
 
 def plan_lines(settings: SweepSettings, cluster: dict[str, float] | None = None) -> list[str]:
