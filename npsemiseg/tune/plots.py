@@ -40,7 +40,7 @@ def plot_params(df: pd.DataFrame, params: list[str], split: str, path: Path) -> 
     n = max(1, len(params))
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False, layout="constrained")
     full = df[df["full_budget"]]
     part = df[~df["full_budget"]]
     for i, key in enumerate(params):
