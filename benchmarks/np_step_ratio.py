@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> None:
             with FlopCounterMode(display=False) as counter:
                 s()
             flops[name] = counter.get_total_flops()
-        print(f"  conv/matmul FLOPs per step (forward + backward, counted by torch): plain {flops['plain'] / 1e9:.1f} G, "
-              f"np {flops['np'] / 1e9:.1f} G, ratio {flops['np'] / flops['plain']:.3f}x")
+        print(f"  conv/matmul FLOPs per step (forward + backward, counted by torch): "
+              f"plain {flops['plain'] / 1e9:.1f} G, np {flops['np'] / 1e9:.1f} G, "
+              f"ratio {flops['np'] / flops['plain']:.3f}x")
     for label, times in (("wall", wall), ("process CPU", cpu)):
         ratios = [n / p for n, p in zip(times["np"], times["plain"])]
         for name in steps:
