@@ -83,6 +83,8 @@ def run_distributed(
     The run lives in ``storage_path/cfg.name``; running the same command again resumes it from its latest
     checkpoint. Every report is also appended to ``<out_dir>/ray_reports.jsonl`` (see ``ReportLog``).
     """
+    from ray.train import TrainingFailedError
+
     from npsemiseg.distributed.trainer import ReportLog, build_trainer
 
     ensure_ray()
@@ -96,8 +98,6 @@ def run_distributed(
         f"Ray Train: {num_workers} worker(s), {'GPU/nccl' if use_gpu else 'CPU/gloo'}, "
         f"storage {storage}/{cfg.name}, max_failures={max_failures}", flush=True,
     )
-    from ray.train import TrainingFailedError
-
     try:
         result = trainer.fit()
     except TrainingFailedError as e:
