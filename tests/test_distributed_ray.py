@@ -3,7 +3,8 @@
 - a run completes, reports val/miou and leaves checkpoints that load with weights_only=True into a plain model;
 - an injected worker fault restarts the group from the last checkpoint and the reported steps neither skip nor
   repeat;
-- after a step the memory banks are identical on both ranks and equal to one process fed the global batch.
+- after a step the memory banks are identical on both ranks and equal to one process fed the global batch;
+- a UserError raised in a worker ends `npsemiseg train --num-workers 2` with exit code 2 and one line.
 """
 from __future__ import annotations
 
