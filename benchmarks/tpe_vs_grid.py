@@ -45,6 +45,9 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=0.01, help="mIoU within this of the grid's best")
     ap.add_argument("--max-concurrent", type=int, default=2)
     ap.add_argument("--out", default=None, help="storage folder (default: a temp folder)")
+    ap.add_argument("--seeds", default="0", help="comma-separated TPE seeds; one TPE+ASHA run per seed")
+    ap.add_argument("--reuse-grid", action="store_true", help="load the grid's results from --out instead of "
+                                                              "rerunning it (the grid is deterministic)")
     args = ap.parse_args()
 
     from ray import tune
@@ -78,13 +81,17 @@ def main() -> int:
     # --- grid: every configuration, full budget (same trainable, no searcher, no scheduler)
     g = settings("grid", num_samples=1)
     t0 = time.time()
-    grid_res = tune.Tuner(
-        make_trainable(g, args.split),
-        param_space={k: tune.grid_search(v) for k, v in grid.items()},
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent,
-                                    trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=split_slug(args.split), storage_path=str(out / "grid"), verbose=0),
-    ).fit()
+    grid_path = out / "grid" / split_slug(args.split)
+    if args.reuse_grid and tune.Tuner.can_restore(str(grid_path)):
+        grid_res = tune.Tuner.restore(str(grid_path), make_trainable(g, args.split)).get_results()
+    else:
+        grid_res = tune.Tuner(
+            make_trainable(g, args.split),
+            param_space={k: tune.grid_search(v) for k, v in grid.items()},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=split_slug(args.split), storage_path=str(out / "grid"), verbose=0),
+        ).fit()
     grid_wall = time.time() - t0
     gdf, _ = collect(g, {args.split: grid_res})
     full = gdf[gdf["full_budget"]]
@@ -95,37 +102,47 @@ def main() -> int:
 
     # --- TPE + ASHA over the same values, stopped when a full-budget trial is within tolerance of the grid's best
     target = best - args.tolerance
-
+    ratios = []
     class WithinTolerance(tune.Stopper):
-        hit = False
+        """Stops the whole TPE run once a full-budget trial reaches the target."""
+
+        def __init__(self) -> None:
+            self.hit = False
 
         def __call__(self, trial_id: str, result: dict) -> bool:
             if result.get("step", 0) >= args.iters and result.get("val/miou", -1) >= target:
-                WithinTolerance.hit = True
+                self.hit = True
             return False
 
         def stop_all(self) -> bool:
-            return WithinTolerance.hit
+            return self.hit
 
-    t = settings("tpe", num_samples=n_grid, n_startup_trials=max(2, n_grid // 6), reduction_factor=3)
-    t0 = time.time()
-    tpe_res = tune.Tuner(
-        make_trainable(t, args.split),
-        tune_config=tune.TuneConfig(search_alg=make_searcher(t, args.split), scheduler=make_scheduler(t),
-                                    num_samples=n_grid, max_concurrent_trials=args.max_concurrent,
-                                    trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=split_slug(args.split), storage_path=str(out / "tpe"), verbose=0,
-                                  stop=WithinTolerance()),
-    ).fit()
-    tpe_wall = time.time() - t0
-    tdf, _ = collect(t, {args.split: tpe_res})
-    tpe_iters = int(tdf["iterations"].sum())
-    tbest = float(tdf[tdf["full_budget"]]["best_miou"].max()) if tdf["full_budget"].any() else float("nan")
-    print(f"tpe+asha: {len(tdf)} trials ({int((~tdf['full_budget']).sum())} stopped early), best full-budget "
-          f"val/miou {tbest:.4f} (target {target:.4f}: {'reached' if WithinTolerance.hit else 'NOT reached'}), "
-          f"{tpe_iters} trial-iterations, {tpe_wall:.0f} s", flush=True)
-    print(f"RATIO trial-iterations tpe+asha / grid = {tpe_iters / grid_iters:.3f} (target <= 0.333); "
-          f"wall {tpe_wall / grid_wall:.3f}; within {args.tolerance:g} of grid best: {WithinTolerance.hit}")
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        stopper = WithinTolerance()
+        t = settings(f"tpe_s{seed}", num_samples=n_grid, n_startup_trials=max(2, n_grid // 6), reduction_factor=3,
+                     seed=seed)
+        t0 = time.time()
+        tpe_res = tune.Tuner(
+            make_trainable(t, args.split),
+            tune_config=tune.TuneConfig(search_alg=make_searcher(t, args.split), scheduler=make_scheduler(t),
+                                        num_samples=n_grid, max_concurrent_trials=args.max_concurrent,
+                                        trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=split_slug(args.split), storage_path=str(out / f"tpe_s{seed}"),
+                                      verbose=0, stop=stopper),
+        ).fit()
+        tpe_wall = time.time() - t0
+        tdf, _ = collect(t, {args.split: tpe_res})
+        tpe_iters = int(tdf["iterations"].sum())
+        full = tdf[tdf["full_budget"]]
+        tbest = float(full["best_miou"].max()) if len(full) else float("nan")
+        ratios.append(tpe_iters / grid_iters if stopper.hit else float("nan"))
+        print(f"tpe+asha seed {seed}: {len(tdf)} trials ({len(tdf) - len(full)} stopped early), best full-budget "
+              f"val/miou {tbest:.4f} (target {target:.4f}: {'reached' if stopper.hit else 'NOT reached'}), "
+              f"{tpe_iters} trial-iterations, {tpe_wall:.0f} s; ratio to grid {ratios[-1]:.3f}", flush=True)
+    done = [r for r in ratios if r == r]
+    print(f"RATIO trial-iterations tpe+asha / grid over {len(ratios)} seed(s): "
+          f"{', '.join(f'{r:.3f}' for r in ratios)}; mean {sum(done) / max(1, len(done)):.3f} over the "
+          f"{len(done)} seed(s) that reached the target (target <= 0.333)")
     print(f"details: {out}")
     return 0
 
