@@ -35,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with its traceback."""
+    lines = [ln for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].startswith("Caught ") and "Original Traceback" in str(err):
+        last = lines[-1]  # "pkg.module.ErrorType: message" as the worker printed it
+        head, sep, tail = last.partition(": ")
+        return tail if sep and "Error" in head else last
+    return lines[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = build_parser()
@@ -42,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"npsemiseg: error: {msg}", file=sys.stderr)
+        print(f"npsemiseg: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("npsemiseg: interrupted", file=sys.stderr)
