@@ -29,14 +29,16 @@ def _train(args: argparse.Namespace) -> int:
         from npsemiseg.distributed.launch import run_distributed
 
         metrics = run_distributed(cfg, num_workers=args.num_workers, use_gpu=args.use_gpu,
-                                  storage_path=args.storage_path)
+                                  storage_path=args.storage_path, max_failures=args.max_failures)
+        where = "the Ray run's storage"
     else:
         from npsemiseg.engine.context import LocalContext
         from npsemiseg.engine.loop import fit
 
         device = "cuda" if args.use_gpu else cfg.device
         metrics = fit(cfg, LocalContext(cfg.out_dir, device, resume=not args.no_resume))
-    print(format_metrics(metrics, title=f"{cfg.name}: final metrics (checkpoints under {cfg.out_dir})"))
+        where = f"{cfg.out_dir}/checkpoints"
+    print(format_metrics(metrics, title=f"{cfg.name}: final metrics (checkpoints in {where})"))
     return 0
 
 
@@ -117,6 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--use-gpu", action="store_true", help="train on GPU(s)")
     p.add_argument("--storage-path", default=None, help="Ray Train storage (local dir, NFS or URI)")
     p.add_argument("--ray", action="store_true", help="use Ray Train even with one worker")
+    p.add_argument("--max-failures", type=int, default=0, help="Ray Train: worker-group restarts allowed")
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint already in out_dir")
     p.set_defaults(func=_train)
 
