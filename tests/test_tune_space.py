@@ -68,6 +68,7 @@ def test_grid_values(tmp_path: Path) -> None:
     ("train.lr: {type: float, low: 0.001, high: 0.1, log: true, step: 0.01}", r"params\.train\.lr\.step"),
     ("train.lr: {type: float, low: 0.001, hi: 0.1}", r"params\.train\.lr: unknown field"),
     ("train.lr: 0.01", r"params\.train\.lr: expected a mapping"),
+    ("train.iters: {type: int, low: 10, high: 20}", r"params\.train\.iters: cannot be searched"),
 ])
 def test_bad_params_name_file_and_key(tmp_path: Path, params: str, match: str) -> None:
     p = _write(tmp_path, f"splits: [demo/1_8]\nparams:\n  {params}\n")

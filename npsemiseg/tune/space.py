@@ -231,6 +231,10 @@ def load_space(path: str | Path) -> SearchSpace:
     if not isinstance(raw, dict) or not raw:
         raise _err(path, "params", "expected a non-empty mapping of dotted config keys")
     params = [parse_param(path, str(k), v) for k, v in raw.items()]
+    for fixed in ("train.iters", "train.eval_every", "data.split"):
+        if fixed in raw:
+            raise _err(path, f"params.{fixed}", "cannot be searched (it fixes the budget or the split); "
+                                                "set it under overrides or pass --splits")
     clash = set(overrides) & {p.key for p in params}
     if clash:
         raise _err(path, "overrides", f"{sorted(clash)[0]} is also searched in params")
