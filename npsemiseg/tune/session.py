@@ -36,14 +36,14 @@ def connect(address: str | None = None, use_gpu: bool = False, num_cpus: int | N
             return dashboard_url()
         except ConnectionError:
             pass
-    with _pinned_address():
+    with pinned_local_address():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
                  _temp_dir=temp_dir, **kw)
     return dashboard_url()
 
 
 @contextlib.contextmanager
-def _pinned_address() -> Iterator[str]:
+def pinned_local_address() -> Iterator[str]:
     """Start the local instance on a known GCS port with ``RAY_ADDRESS`` naming it in its processes' environment.
 
     Ray Train's placement-group cleaner calls the State API without an address; when several Ray instances run on
