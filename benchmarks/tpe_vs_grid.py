@@ -1,6 +1,6 @@
 """TPE + ASHA vs grid search over the same discretised space, on the synthetic demo data (CPU).
 
-    python benchmarks/tpe_vs_grid.py                 # ~15 min on 2 cores: grid (18 configs) then TPE+ASHA
+    python benchmarks/tpe_vs_grid.py --seeds 0,1,2   # grid (18 configs, ~20 min on 2 cores) then TPE+ASHA per seed
     python benchmarks/tpe_vs_grid.py --quick         # 2 x 2 grid, for a check that it runs
 
 Grid search runs every configuration of the grid for the full budget. TPE+ASHA searches the same values (each
