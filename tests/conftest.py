@@ -61,14 +61,20 @@ def ray_session():
 
     os.environ.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="npss_ray_", dir="/tmp")
-    ray.init(
-        num_cpus=4,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        _temp_dir=temp_dir,
-        configure_logging=False,
-        log_to_driver=False,
-    )
+    # A pinned GCS port keeps Ray Train's clean-up threads attached to THIS instance even while a test runs a
+    # second Ray instance in a subprocess (fake cluster, SIGKILL/resume sweep); see tune/session.py.
+    from npsemiseg.tune.session import pinned_local_address
+
+    with pinned_local_address():
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            _temp_dir=temp_dir,
+            configure_logging=False,
+            log_to_driver=False,
+        )
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
