@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from npsemiseg.config import Config, apply_overrides, load_config
+from npsemiseg.config import Config, apply_overrides, load_config, read_yaml_mapping
 from npsemiseg.errors import ConfigError
 
 PARAM_TYPES = ("float", "logfloat", "int", "categorical")
@@ -198,14 +196,7 @@ def _resolve_recipe(path: Path, recipe: str) -> Path:
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file (raises ConfigError naming the file and key)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search-space file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    data = read_yaml_mapping(path, "search-space file")
     unknown = set(data) - set(_TOP_KEYS)
     if unknown:
         raise _err(path, sorted(unknown)[0], f"unknown key; allowed: {list(_TOP_KEYS)}")
