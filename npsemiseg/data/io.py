@@ -7,9 +7,6 @@ mode, bad label value), so the CLI can print one line. Writers go through a temp
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from npsemiseg.errors import UserError
+from npsemiseg.fileio import atomic_path
 
 IGNORE = 255  # boundaries / void: never a training target
 PAD = 254  # padding of unlabelled crops (never ground truth)
@@ -136,21 +134,6 @@ def _palette() -> tuple[int, ...]:
 def voc_palette() -> list[int]:
     """The standard PASCAL VOC colour map as a flat list of 768 ints."""
     return list(_palette())
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success rename it onto ``path``, on error delete it."""
-    dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

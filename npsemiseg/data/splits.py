@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 from npsemiseg.data.io import write_text
 from npsemiseg.data.tree import DataTree, Sample
 from npsemiseg.errors import UserError
+from npsemiseg.fileio import atomic_dir
 
 FRACTIONS = {"1_16": 1 / 16, "1_8": 1 / 8, "1_4": 1 / 4, "1_2": 1 / 2}
 LABELLED_FILE, UNLABELLED_FILE = "labeled.txt", "unlabeled.txt"
@@ -212,16 +211,10 @@ def write_split(tree: DataTree, split: Split, out_dir: str | Path) -> Path:
         write_text(out / UNLABELLED_FILE, unl)
         write_text(out / "split.json", meta)
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / LABELLED_FILE).write_text(lab)
         (tmp / UNLABELLED_FILE).write_text(unl)
         (tmp / "split.json").write_text(meta)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

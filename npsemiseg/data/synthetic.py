@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from npsemiseg.data.cityscapes import LABELID_TO_TRAINID, convert_trainids
 from npsemiseg.data.io import IGNORE, voc_palette
 from npsemiseg.data.voc import VOC_CLASSES
 from npsemiseg.errors import UserError
+from npsemiseg.fileio import atomic_dir
 
 
 @dataclass(frozen=True)
@@ -289,21 +288,9 @@ def make_demo_data(out: str | os.PathLike, scale: str = "demo", seed: int = 0, o
         raise UserError(f"{dst}: exists and is not a folder (--out)")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise UserError(f"{dst}: folder not empty; choose another --out or pass --force")
-    dst.parent.mkdir(parents=True, exist_ok=True)
     sc = SCALES[scale]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         summary = {"scale": scale, "seed": seed,
                    "voc": _write_voc(tmp / "voc" / "VOCdevkit" / "VOC2012", sc, seed),
                    "cityscapes": _write_city(tmp / "cityscapes", sc, seed)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if dst.is_dir():
-            trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.replace(dst, trash / "old")
-            os.replace(tmp, dst)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from npsemiseg.errors import UserError
+from npsemiseg.fileio import atomic_path
 
 CHECKPOINT_KEYS = ("model", "teacher", "optimizer", "scheduler", "step", "epoch", "sampler", "rng", "config")
 
@@ -23,16 +23,8 @@ CHECKPOINT_KEYS = ("model", "teacher", "optimizer", "scheduler", "step", "epoch"
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temp file in the same folder, then rename over ``path`` (never half-written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from torch import nn
 from npsemiseg.config import Config, apply_overrides, config_from_dict, load_config
 from npsemiseg.engine.checkpoint import load_checkpoint
 from npsemiseg.errors import UserError
+from npsemiseg.fileio import atomic_dir
 
 EXPORT_FORMAT = "npsemiseg-export-v1"
 MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.pt", "config.yaml", "metrics.json"
@@ -121,22 +120,10 @@ def export_model(ckpt: str | os.PathLike | dict[str, Any], out_dir: str | os.Pat
         "metrics": metrics,
     }
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         torch.save(blob, tmp / MODEL_FILE)
         (tmp / CONFIG_FILE).write_text(
             "# npsemiseg export: inference config of the run (model.pretrained cleared)\n" + cfg.to_yaml()
         )
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old.{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from npsemiseg.errors import UserError
+from npsemiseg.fileio import atomic_dir
 from npsemiseg.tune.results import best_per_split, read_results
 from npsemiseg.tune.sweep import split_slug
 
@@ -57,9 +57,8 @@ def export_trial(row: dict[str, Any], params: list[str], out_dir: Path) -> Path:
     if not row.get("checkpoint_path"):
         raise UserError(f"trial {row['trial_id']} ({row['split']}): no retained checkpoint to export")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     src = str(row["checkpoint_path"])
-    try:
+    with atomic_dir(out_dir) as tmp:
         if "://" in src:
             ckpt = checkpoint_file(_download(src, tmp / ".checkpoint"))
         else:
@@ -72,16 +71,6 @@ def export_trial(row: dict[str, Any], params: list[str], out_dir: Path) -> Path:
             "params": {k: _plain(row.get(k)) for k in params},
         }
         (tmp / "sweep.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

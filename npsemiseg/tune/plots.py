@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from npsemiseg.fileio import atomic_path
 from npsemiseg.tune.sweep import split_slug
 
 
 def _save(fig, path: Path) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
 
 
 def plot_params(df: pd.DataFrame, params: list[str], split: str, path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from npsemiseg.errors import UserError
+from npsemiseg.fileio import atomic_path
 
 RESULTS = "results.parquet"
 HISTORY = "history.parquet"
@@ -150,16 +150,8 @@ def best_per_split(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_table(df: pd.DataFrame, path: Path, meta: dict[str, Any] | None = None) -> None:
