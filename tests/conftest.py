@@ -34,6 +34,18 @@ TINY_OVERRIDES = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny models single-threaded: they gain nothing from intra-op threads, and on a busy
+    2-core machine two threads fighting each other made them up to 10x slower."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny synthetic VOC + Cityscapes trees (generated once per session)."""

@@ -13,13 +13,7 @@ from npsemiseg.models import MemoryBank, NPHead, build_model, gather_rows, kl_no
 C, L = 4, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they lose a lot."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> ModelConfig:

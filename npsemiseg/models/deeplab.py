@@ -14,6 +14,16 @@ from npsemiseg.models.resnet import ResNet
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
 
 
+def kaiming_init_(*modules: nn.Module) -> None:
+    """He-normal (fan-out) weights and zero biases for every conv in ``modules`` (ReLU-followed convs)."""
+    for mod in modules:
+        for m in mod.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
 def conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
     """Conv (no bias) + BN + ReLU; ``k`` 1 or 3 with 'same' padding at the given dilation."""
     pad = 0 if k == 1 else dilation
@@ -55,12 +65,7 @@ class DeepLabV3PlusEncoder(nn.Module):
         low = low_level_channels(backbone.width)
         self.low_proj = conv_bn_relu(backbone.low_channels, low, 1)
         self.out_channels = aspp_channels + low
-        for mod in (self.aspp, self.low_proj):
-            for m in mod.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+        kaiming_init_(self.aspp, self.low_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low, high = self.backbone(x)

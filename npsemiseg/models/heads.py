@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npsemiseg.models.deeplab import conv_bn_relu
+from npsemiseg.models.deeplab import conv_bn_relu, kaiming_init_
 
 
 class PlainHead(nn.Module):
@@ -24,11 +24,7 @@ class PlainHead(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.p = dropout
         self.mc_dropout = mc_dropout
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        kaiming_init_(self)
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         if self.p <= 0:
