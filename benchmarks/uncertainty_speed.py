@@ -19,6 +19,7 @@ import time
 import torch
 
 from npsemiseg.config import ModelConfig
+from npsemiseg.metrics import entropy
 from npsemiseg.models import SegModel, build_model, gather_rows, mean_probs
 
 
@@ -35,8 +36,7 @@ def uncertainty(model: SegModel, x: torch.Tensor, t: int, naive: bool = False) -
                 del head.decode
         else:
             logits = model(x, num_samples=t).logits
-        p = mean_probs(logits)
-        return -(p * p.clamp_min(1e-12).log()).sum(1)
+        return entropy(mean_probs(logits))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,10 +87,3 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
-
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker seeding: NumPy and Python from torch's per-worker seed (itself from the loader's
-    generator, which the loop seeds from cfg.seed, rank, epoch and position)."""
-    s = torch.initial_seed() % (2**32)
-    random.seed(s)
-    np.random.seed(s)

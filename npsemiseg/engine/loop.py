@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from npsemiseg.config import Config
-from npsemiseg.engine.checkpoint import seed_everything, worker_init_fn
+from npsemiseg.data.seeding import seed_worker
+from npsemiseg.engine.checkpoint import seed_everything
 from npsemiseg.engine.context import LocalContext, RunContext
 from npsemiseg.engine.evaluate import evaluate
 from npsemiseg.engine.logger import MetricLogger
@@ -54,7 +55,7 @@ class _Batches:
         pin = ctx.device.type == "cuda"
         self.loaders = [
             DataLoader(ds, batch_size=b, sampler=s, num_workers=d.num_workers, drop_last=True, pin_memory=pin,
-                       worker_init_fn=worker_init_fn, generator=g, persistent_workers=d.num_workers > 0)
+                       worker_init_fn=seed_worker, generator=g, persistent_workers=d.num_workers > 0)
             for ds, b, s, g in zip(sets, sizes, self.samplers, self.generators, strict=True)
         ]
         self.iters: list = []

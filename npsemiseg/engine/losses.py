@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from npsemiseg.metrics import entropy as pixel_entropy
+
 IGNORE = 255
 PAD = 254
 
@@ -64,7 +66,7 @@ def pseudo_labels(
     > 0), and never pixels where ``ignore`` is 254 (crop padding).
     """
     conf, label = probs.max(dim=1)
-    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1)
+    entropy = pixel_entropy(probs, dim=1)
     mask = (conf >= conf_threshold) & (ignore != PAD)
     if entropy_threshold > 0:
         mask &= entropy <= entropy_threshold

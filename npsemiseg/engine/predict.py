@@ -21,6 +21,8 @@ from torch import nn
 from npsemiseg.config import Config
 from npsemiseg.engine.evaluate import predict_probs
 from npsemiseg.errors import UserError
+from npsemiseg.fileio import atomic_path
+from npsemiseg.metrics import entropy
 
 
 def _heat_palette() -> list[int]:
@@ -33,13 +35,11 @@ def _heat_palette() -> list[int]:
 def entropy_map(probs: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) over dim 0 of C x H x W probabilities, normalised by ln C to [0, 1]."""
     c = probs.shape[0]
-    h = -(probs * torch.log(probs.clamp_min(1e-12))).sum(0)
+    h = entropy(probs, dim=0)
     return (h / math.log(c)).clamp(0.0, 1.0) if c > 1 else torch.zeros_like(h)
 
 
 def _save_png(path: Path, index: np.ndarray, palette: list[int]) -> None:
-    from npsemiseg.data.io import atomic_path
-
     im = Image.fromarray(np.ascontiguousarray(index, dtype=np.uint8))
     im.putpalette(palette)
     with atomic_path(path) as tmp:
