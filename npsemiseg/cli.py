@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from npsemiseg.errors import UserError
+from npsemiseg.errors import UserError, one_line
 
 # Layers that contribute subcommands, bottom-up. A module that is missing (layer not built yet) is skipped.
 COMMAND_MODULES = (
@@ -33,18 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     return parser
-
-
-def one_line(err: BaseException) -> str:
-    """The user-facing line of an error, also when a DataLoader worker re-raised it with its traceback."""
-    lines = [ln for ln in str(err).splitlines() if ln.strip()]
-    if not lines:
-        return type(err).__name__
-    if lines[0].startswith("Caught ") and "Original Traceback" in str(err):
-        last = lines[-1]  # "pkg.module.ErrorType: message" as the worker printed it
-        head, sep, tail = last.partition(": ")
-        return tail if sep and "Error" in head else last
-    return lines[0]
 
 
 def main(argv: list[str] | None = None) -> int:

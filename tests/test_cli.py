@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from npsemiseg import cli
-from npsemiseg.errors import UserError
+from npsemiseg.errors import UserError, one_line
 
 
 def test_parser_has_every_layer_command() -> None:
@@ -13,12 +13,13 @@ def test_parser_has_every_layer_command() -> None:
 
 
 def test_one_line_plain_and_from_dataloader_worker() -> None:
-    assert cli.one_line(UserError("a.yaml: bad\nmore")) == "a.yaml: bad"
+    assert one_line(UserError("a.yaml: bad\nmore")) == "a.yaml: bad"
     worker = UserError(
         "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 1, in f\nnpsemiseg.errors.UserError: img/3.jpg: corrupt image\n'
     )
-    assert cli.one_line(worker) == "img/3.jpg: corrupt image"
+    assert one_line(worker) == "img/3.jpg: corrupt image"
+    assert one_line(str(worker)) == "img/3.jpg: corrupt image"  # the same from the message string
 
 
 def test_main_maps_user_error_to_exit_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:

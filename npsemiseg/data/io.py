@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from npsemiseg.errors import UserError
+from npsemiseg.errors import UserError, one_line
 from npsemiseg.fileio import atomic_path
 
 IGNORE = 255  # boundaries / void: never a training target
@@ -32,9 +32,7 @@ class DataError(UserError):
 
     def __init__(self, message: str) -> None:
         if message.startswith("Caught ") and "\nOriginal Traceback" in message:
-            last = message.rstrip().splitlines()[-1]
-            prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
-            message = last[len(prefix):] if last.startswith(prefix) else last
+            message = one_line(message)
         super().__init__(message)
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from npsemiseg.errors import UserError
+from npsemiseg.errors import UserError, one_line
 from npsemiseg.tune.resources import DEFAULT_GPU_TRIAL_RESOURCES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,7 +179,7 @@ def sweep_main(dataset: str, argv: list[str] | None = None) -> int:
     try:
         return run_from_args(args, dataset)
     except UserError as e:
-        print(f"{p.prog}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"{p.prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{p.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
