@@ -12,16 +12,11 @@ from npsemiseg.tune.cli import sweep_main
 from npsemiseg.tune.export import export_experiment
 from npsemiseg.tune.plots import write_plots
 from npsemiseg.tune.resources import TrialResources
-from npsemiseg.tune.results import (
-    _pick_checkpoint,
-    best_per_split,
-    pareto_front,
-    read_results,
-    summary_text,
-    write_table,
-)
+from npsemiseg.tune.common import split_slug
+from npsemiseg.tune.results import clean_history, pick_checkpoint, read_results, write_table
 from npsemiseg.tune.space import load_space
-from npsemiseg.tune.sweep import SweepSettings, plan_lines, split_slug, trial_spec
+from npsemiseg.tune.summary import best_per_split, pareto_front, summary_text
+from npsemiseg.tune.sweep import SweepSettings, plan_lines, slots, trial_spec
 
 SPACE = """
 splits: [demo/1_8, demo/1_4]
@@ -72,31 +67,62 @@ def test_best_and_pareto_use_full_budget_trials_only() -> None:
     assert "1 trial(s) failed:\n  demo/1_8 trial z: UserError: bad root" in text
 
 
-def test_pick_checkpoint(tmp_path: Path) -> None:
-    kept = [tmp_path / "ck2", tmp_path / "ck3"]
+def test_history_drops_deleted_checkpoints_and_picks_best_retained(tmp_path: Path) -> None:
+    kept = [tmp_path / "t1" / "ck2", tmp_path / "t1" / "ck3"]
     for k in kept:
-        k.mkdir()
-    hist = pd.DataFrame({"val/miou": [0.9, 0.5, 0.6],
-                         "checkpoint_path": [str(tmp_path / "ck1"), str(kept[0]), str(kept[1])]})
-    assert _pick_checkpoint(hist) == str(kept[1])  # ck1 (the best) was deleted: best existing one
-    assert _pick_checkpoint(hist, "s3") == f"s3://{tmp_path}/ck1"  # remote: not checked, URI restored
-    assert _pick_checkpoint(pd.DataFrame()) == ""
+        k.mkdir(parents=True)
+    raw = pd.DataFrame({"step": [10, 20, 30], "val/miou": [0.9, 0.5, 0.6], "junk": [1, 2, 3],
+                        "checkpoint_path": [str(tmp_path / "t1" / "ck1"), str(kept[0]), str(kept[1])]})
+    hist = clean_history(raw, tmp_path)
+    assert list(hist["checkpoint_path"]) == [None, "t1/ck2", "t1/ck3"]  # ck1 deleted by retention: null
+    assert "junk" not in hist
+    assert pick_checkpoint(hist) == "t1/ck3"  # the best retained one, relative to the experiment folder
+    remote = clean_history(raw, tmp_path, "s3")
+    assert pick_checkpoint(remote) == f"s3://{tmp_path}/t1/ck1"  # remote: not checked, URI restored
+    assert pick_checkpoint(pd.DataFrame()) is None
+
+
+META = {"params": ["train.conf_threshold", "train.lr", "model.latent_dim"], "splits": ["demo/1_8", "demo/1_4"],
+        "objectives": ["miou", "ece"],
+        "param_specs": [{"key": "train.conf_threshold", "type": "float", "log": False, "choices": []},
+                        {"key": "train.lr", "type": "float", "log": True, "choices": []},
+                        {"key": "model.latent_dim", "type": "categorical", "log": False, "choices": [8, 16]}]}
 
 
 def test_tables_roundtrip_and_plots(tmp_path: Path) -> None:
     df = _df()
-    write_table(df, tmp_path / "results.parquet", {"params": ["train.conf_threshold"]})
+    df["train.lr"] = [0.001, 0.01, 0.05, 0.003, 0.02]
+    df["budget"] = 40
+    write_table(df, tmp_path / "results.parquet", META)
     back, meta = read_results(tmp_path)
-    assert meta["params"] == ["train.conf_threshold"] and len(back) == 5
+    assert meta == META and len(back) == 5
     assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("split,trial_id")
     hist = pd.DataFrame({"split": ["demo/1_8"] * 2, "trial_id": ["a", "a"], "step": [10, 40],
                          "val/miou": [0.3, 0.5]})
-    paths = write_plots(tmp_path, df, hist, ["train.conf_threshold", "model.latent_dim"])
-    assert [p.name for p in paths] == ["demo_1_8_params.png", "demo_1_8_history.png", "demo_1_4_params.png",
-                                       "demo_1_4_history.png"]
-    assert all(p.stat().st_size > 1000 for p in paths)
+    paths = write_plots(tmp_path, df, hist, meta)
+    assert [p.name for p in paths] == ["demo_1_8_params.png", "demo_1_8_history.png", "demo_1_8_pareto.png",
+                                       "demo_1_4_params.png", "demo_1_4_history.png", "best_by_split.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)  # demo/1_4 has no full-budget trial: no Pareto plot
     with pytest.raises(UserError, match="no results table"):
         read_results(tmp_path / "missing")
+
+
+def test_parameter_axes_follow_the_search_space() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from npsemiseg.tune.plots import _axis, _x
+
+    fig, (a, b) = plt.subplots(1, 2)
+    lr, dim = META["param_specs"][1], META["param_specs"][2]
+    _axis(a, lr)
+    _axis(b, dim, which="y")
+    assert a.get_xscale() == "log" and a.get_xlabel() == "train.lr (log)"
+    assert [t.get_text() for t in b.get_yticklabels()] == ["8", "16"] and b.get_ylim() == (-0.5, 1.5)
+    assert list(_x(dim, pd.Series([16, 8, 32]))[:2]) == [1, 0] and pd.isna(_x(dim, pd.Series([32]))[0])
+    plt.close(fig)
 
 
 def test_export_names_missing_split_and_skips_without_checkpoint(tmp_path: Path, capsys) -> None:
@@ -113,18 +139,21 @@ def test_remote_storage_uri_passes_through(space, tmp_path: Path) -> None:
     s = SweepSettings(space=space, experiment="exp", storage_root="s3://bucket/sweeps/", local_dir=str(tmp_path))
     assert s.remote and s.storage_uri == "s3://bucket/sweeps"
     assert s.experiment_dir == tmp_path.resolve() / "exp"
-    assert s.tune_path("demo/1_8") == "s3://bucket/sweeps/exp/demo_1_8"
-    assert trial_spec(s, "demo/1_8").storage_root == "s3://bucket/sweeps"
+    assert s.tune_path == "s3://bucket/sweeps/exp/tune"
+    assert trial_spec(s).storage_root == "s3://bucket/sweeps"
     local = SweepSettings(space=space, experiment="exp", storage_root=str(tmp_path / "rr"))
     assert not local.remote and local.experiment_dir == (tmp_path / "rr" / "exp").resolve()
-    assert trial_spec(local, "demo/1_8").storage_root == str((tmp_path / "rr").resolve())
+    assert trial_spec(local).storage_root == str((tmp_path / "rr").resolve())
 
 
 def test_settings_defaults_and_errors(space) -> None:
     s = SweepSettings(space=space, resources=TrialResources(workers=2, cpus_per_worker=3, gpus_per_trial=2))
     assert s.splits == ["demo/1_8", "demo/1_4"] and s.grace_period == 10 and s.max_t(s.base_config()) == 40
     plan = "\n".join(plan_lines(s, {"CPU": 16.0, "GPU": 2.0}))
-    assert "2 x 8 trials = 16 trials" in plan and "2 worker(s) x 3 CPU, 2 GPU per trial" in plan
+    assert "2 x 32 trials = 64 trials" in plan and "2 worker(s) x 3 CPU, 2 GPU per trial" in plan
+    assert "at most 4 trials at once (all splits)" in plan  # the defaults' one home: tune/common.py BUDGETS
+    assert slots(s, {"CPU": 16.0, "GPU": 2.0}) == 1 and slots(s, {"CPU": 64.0, "GPU": 8.0}) == 4
+    assert slots(SweepSettings(space=space, num_samples=1), {"CPU": 99.0}) == 2  # 2 splits x 1 trial
     assert "-> 1 trial(s) fit at once now" in plan
     assert SweepSettings(space=space, time_attr="training_iteration").max_t(s.base_config()) == 4
     space.asha["grace_period"] = 10
@@ -142,7 +171,7 @@ def test_script_dry_run_and_bad_flags(space, tmp_path: Path, capsys) -> None:
             "--set", "train.iters=20", "--grace-period", "5"]
     assert sweep_main("voc", argv) == 0
     out = capsys.readouterr().out
-    assert "[plan] splits       2 x 3 trials = 6 trials: demo/1_8, demo/1_4" in out
+    assert "[plan] splits       2 x 3 trials = 6 trials, one shared pool of trial slots: demo/1_8, demo/1_4" in out
     assert "20 steps per trial" in out and "grace 5" in out
     assert not (tmp_path / "d").exists()  # a dry run generates nothing
     assert sweep_main("voc", argv + ["--smoke-test"]) == 0

@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from npsemiseg.errors import UserError, one_line
+from npsemiseg.tune.common import BUDGETS
 from npsemiseg.tune.resources import DEFAULT_GPU_TRIAL_RESOURCES
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = ("voc", "cityscapes")
-# Demo budget (README command 1: two splits on 2 CPU cores in <= 5 minutes) and the smaller CI smoke test.
-DEMO = {"trials": 4, "max_concurrent": 2, "n_startup_trials": 2, "num_cpus": 4}
-SMOKE = {"trials": 2, "max_concurrent": 2, "n_startup_trials": 1, "num_cpus": 4, "splits": 1,
-         "overrides": {"train.iters": 4, "train.eval_every": 2, "data.val_limit": 4}}
 
 
 def _default_space(dataset: str, demo: bool) -> Path:
@@ -44,9 +41,9 @@ def add_sweep_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
     g.add_argument("--objectives", default="miou", help="miou (default), miou,ece or miou,err_auroc (Pareto)")
     g = p.add_argument_group("budget and search")
     g.add_argument("--trials", type=int, help="trials per split")
-    g.add_argument("--max-concurrent", type=int, help="trials running at once")
+    g.add_argument("--max-concurrent", type=int, help="trials running at once, all splits together")
     g.add_argument("--n-startup-trials", type=int, help="TPE's random start-up trials per split")
-    g.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    g.add_argument("--seed", type=int, default=0, help="sweep seed; each split's TPE seed is derived from it")
     g.add_argument("--grace-period", type=int, help="ASHA grace period (in --time-attr units)")
     g.add_argument("--reduction-factor", type=float, help="ASHA reduction factor")
     g.add_argument("--time-attr", choices=("step", "training_iteration"), help="ASHA time unit (default step)")
@@ -89,6 +86,11 @@ def ensure_demo_data(root: Path, dataset: str) -> Path:
     return root / dataset
 
 
+def budget_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The default budget of this invocation: smoke test, demo (no --data-root) or real."""
+    return BUDGETS["smoke" if args.smoke_test else "demo" if args.data_root is None else "real"]
+
+
 def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
     """Turn parsed flags into ``SweepSettings`` (generating the demo data when needed)."""
     from npsemiseg.config import parse_override
@@ -98,7 +100,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
 
     demo = args.data_root is None
     space = load_space(args.space or _default_space(dataset, demo))
-    budget = SMOKE if args.smoke_test else DEMO
+    budget = budget_of(args)
     over: dict[str, Any] = {}
     if demo:
         root = Path(args.demo_root)
@@ -106,7 +108,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
                                                                                      .resolve())
         over["data.dataset"] = dataset
         if args.smoke_test:
-            over.update(SMOKE["overrides"])
+            over.update(budget["overrides"])
     else:
         root = Path(args.data_root)
         if not root.is_dir():
@@ -120,7 +122,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
         over[key] = value
     splits = _csv(args.splits) or space.splits
     if args.smoke_test and not args.splits:
-        splits = splits[: SMOKE["splits"]]
+        splits = splits[: budget["splits"]]
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (
         DEFAULT_GPU_TRIAL_RESOURCES["GPU"] if args.use_gpu else 0.0)
     # Default CPUs follow the GPU share: a whole GPU comes with 8 CPUs (a gpu_1x node), half a GPU with 4.
@@ -131,14 +133,12 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
     if resources.use_gpu:
         over.setdefault("device", "cuda")
     experiment = args.experiment or f"{dataset}_{'smoke' if args.smoke_test else 'demo' if demo else 'search'}"
-    trials = args.trials if args.trials is not None else (budget["trials"] if demo else 32)
     return SweepSettings(
         space=space, experiment=experiment, storage_root=args.storage_path, local_dir=args.local_dir,
         splits=splits, overrides=over,
-        num_samples=trials,
-        max_concurrent=args.max_concurrent or (budget["max_concurrent"] if demo else 4),
-        n_startup_trials=args.n_startup_trials if args.n_startup_trials is not None else (
-            budget["n_startup_trials"] if demo else 10),
+        num_samples=args.trials if args.trials is not None else budget["trials"],
+        max_concurrent=args.max_concurrent or budget["max_concurrent"],
+        n_startup_trials=args.n_startup_trials if args.n_startup_trials is not None else budget["n_startup_trials"],
         seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         time_attr=args.time_attr, objectives=tuple(_csv(args.objectives)), resources=resources,
         num_to_keep=args.num_to_keep, max_failures=args.max_failures,
@@ -159,8 +159,7 @@ def run_from_args(args: argparse.Namespace, dataset: str) -> int:
         return 0
     from npsemiseg.tune.session import connect
 
-    demo = args.data_root is None
-    num_cpus = args.num_cpus or ((SMOKE if args.smoke_test else DEMO)["num_cpus"] if demo else None)
+    num_cpus = args.num_cpus or budget_of(args)["num_cpus"]
     url = connect(address=args.address, use_gpu=settings.resources.use_gpu, num_cpus=num_cpus,
                   log_to_driver=args.verbose)
     print(f"[ray] dashboard: {url or '(not available on this cluster)'}", flush=True)
@@ -191,10 +190,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from npsemiseg.tune.results import read_results, summary_text
+    from npsemiseg.tune.results import read_results
+    from npsemiseg.tune.summary import summary_text
 
     df, meta = read_results(args.experiment)
-    print(summary_text(df, meta.get("params", [])))
+    print(summary_text(df, meta))
     return 0
 
 

@@ -14,10 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from npsemiseg.errors import UserError
+from npsemiseg.errors import UserError, one_line
 from npsemiseg.fileio import atomic_dir
-from npsemiseg.tune.results import best_per_split, read_results
-from npsemiseg.tune.sweep import split_slug
+from npsemiseg.tune.common import resolve_under, split_slug
+from npsemiseg.tune.results import read_results
+from npsemiseg.tune.summary import best_per_split
 
 CHECKPOINT_FILES = ("checkpoint.pt", "model.pt", "state.pt")
 
@@ -46,18 +47,18 @@ def _download(uri: str, dest: Path) -> Path:
         fs, path = pafs.FileSystem.from_uri(uri)
         pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     except (OSError, ValueError) as e:
-        raise UserError(f"{uri}: cannot download the checkpoint ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{uri}: cannot download the checkpoint ({one_line(e)})") from None
     return dest
 
 
-def export_trial(row: dict[str, Any], params: list[str], out_dir: Path) -> Path:
-    """Export one results row's checkpoint into ``out_dir`` atomically."""
+def export_trial(row: dict[str, Any], params: list[str], out_dir: Path, exp_dir: Path | None = None) -> Path:
+    """Export one results row's checkpoint (a path relative to ``exp_dir``, or absolute, or a URI) atomically."""
     from npsemiseg.engine.export import export_model
 
     if not row.get("checkpoint_path"):
         raise UserError(f"trial {row['trial_id']} ({row['split']}): no retained checkpoint to export")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    src = str(row["checkpoint_path"])
+    src = str(resolve_under(str(row["checkpoint_path"]), exp_dir or out_dir.parent))
     with atomic_dir(out_dir) as tmp:
         if "://" in src:
             ckpt = checkpoint_file(_download(src, tmp / ".checkpoint"))
@@ -66,7 +67,8 @@ def export_trial(row: dict[str, Any], params: list[str], out_dir: Path) -> Path:
         export_model(str(ckpt), tmp)
         shutil.rmtree(tmp / ".checkpoint", ignore_errors=True)
         info = {
-            "split": row["split"], "trial_id": row["trial_id"], "checkpoint": src,
+            "split": row["split"], "trial_id": row["trial_id"], "checkpoint": row["checkpoint_path"],
+            "optuna_trial": _plain(row.get("optuna_trial")), "split_checksum": row.get("split_checksum"),
             "best_miou": row["best_miou"], "best_step": int(row["best_step"]), "iterations": int(row["iterations"]),
             "params": {k: _plain(row.get(k)) for k in params},
         }
@@ -93,7 +95,7 @@ def export_experiment(path: str | Path, split: str | None = None) -> dict[str, P
         dest = exp_dir / "exports" / (row["split"] if ".." not in parts and not Path(row["split"]).is_absolute()
                                       else split_slug(row["split"]))
         try:
-            out[row["split"]] = export_trial(row.to_dict(), params, dest)
+            out[row["split"]] = export_trial(row.to_dict(), params, dest, exp_dir)
         except UserError as e:
             print(f"[export] {row['split']}: best trial {row['trial_id']} not exported: {e}", flush=True)
             continue

@@ -1,18 +1,25 @@
-"""Run a sweep: one Ray Tune ``Tuner`` with its own seeded Optuna TPE study and ASHA per label split.
+"""Run a sweep: ONE Ray Tune ``Tuner`` for every label split, one seeded Optuna study per split.
+
+All splits share the sweep's trial slots (``--max-concurrent`` counts the whole sweep): ``SplitSearcher`` hands
+each new trial to the split with the fewest trials and asks that split's study for its parameters, and
+``SplitRungScheduler`` stops trials by comparing them only with trials of the same split. Ray's Tune FAQ calls
+several Tuners in one cluster "not officially supported" (they compete for resources, and only one can own the
+signal handlers), hence one Tuner.
 
 Layout of an experiment (``<storage_root>/<experiment>/``)::
 
     optuna_journal.log     Optuna studies "<experiment>/<split>" (optuna-dashboard opens this file)
-    <split_slug>/          the split's Tune experiment (restorable with Tuner.restore)
+    trial_events.jsonl     trial start/end times (slot utilisation, queue/placement time)
+    tune/                  the sweep's Tune experiment (restorable with Tuner.restore)
     <trial_id>/            each trial's Ray Train run "<experiment>/<trial_id>" with its checkpoints
     results.parquet/.csv   one row per trial (npsemiseg.tune.results), history.parquet, pareto.*
     plots/, exports/<split>/
 
-With a remote ``storage_root`` (``s3://...``, ``gs://...``) the Tune experiments and Train runs live there (so trials
-survive node loss) while the journal, tables, plots and exports stay in the local ``<local_dir>/<experiment>/``.
+With a remote ``storage_root`` (``s3://...``, ``gs://...``) the Tune experiment and Train runs live there (so trials
+survive node loss) while the journal, events, tables, plots and exports stay in the local ``<local_dir>/<experiment>/``.
 
-Rerunning the same command resumes: a split whose Tune directory can be restored is restored (finished trials are
-not rerun, unfinished ones restart and their Train runs continue from their last checkpoints).
+Rerunning the same command resumes: the Tune experiment is restored (finished trials are not rerun, unfinished ones
+restart and their Train runs continue from their last checkpoints) and the studies continue in the journal.
 """
 from __future__ import annotations
 
@@ -24,15 +31,22 @@ from pathlib import Path
 from typing import Any
 
 from npsemiseg.errors import UserError
+from npsemiseg.tune.common import (
+    ASHA_DEFAULTS,
+    BUDGETS,
+    EVENTS,
+    JOURNAL,
+    METRIC,
+    OBJECTIVES,
+    TUNE_DIR,
+    trial_dirname,
+)
 from npsemiseg.tune.resources import TRIAL_DRIVER_CPU, TrialResources
 from npsemiseg.tune.space import SearchSpace
 from npsemiseg.tune.trial import TrialSpec, run_trial
 
-METRIC = "val/miou"
-# Secondary objectives of the multi-objective option and the direction Optuna optimises them in.
-OBJECTIVES = {"miou": ("val/miou", "max"), "ece": ("val/ece", "min"), "err_auroc": ("val/err_auroc", "max")}
-JOURNAL = "optuna_journal.log"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_REAL = BUDGETS["real"]
 
 
 @dataclass
@@ -45,10 +59,10 @@ class SweepSettings:
     local_dir: str = "ray_results"  # with a URI storage_root: where the journal, tables, plots and exports go
     splits: list[str] = field(default_factory=list)  # empty = the space file's splits
     overrides: dict[str, Any] = field(default_factory=dict)  # applied to the recipe for every trial
-    num_samples: int = 8  # trials per split
-    max_concurrent: int = 2
-    n_startup_trials: int = 10  # TPE's random start-up trials
-    seed: int = 0
+    num_samples: int = _REAL["trials"]  # trials per split
+    max_concurrent: int = _REAL["max_concurrent"]  # trials at once, all splits together
+    n_startup_trials: int = _REAL["n_startup_trials"]  # TPE's random start-up trials per split
+    seed: int = 0  # each split's sampler seed is derived from it (common.sampler_seed)
     grace_period: int | None = None  # in time_attr units; None = the space file's (or 1/4 of the budget)
     reduction_factor: float | None = None
     time_attr: str | None = None  # "step" or "training_iteration"
@@ -59,6 +73,7 @@ class SweepSettings:
     checkpoint_period_s: float = 2.0  # TUNE_GLOBAL_CHECKPOINT_S: how stale the restorable experiment state may be
     trainer_factory: Any = None  # test seam for TrialSpec.trainer_factory
     verbose: int = 1
+    base: Any = field(init=False, repr=False)  # the validated base Config, built once
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.experiment):
@@ -76,20 +91,20 @@ class SweepSettings:
         if bad or not self.objectives or self.objectives[0] != "miou" or len(set(self.objectives)) != len(
                 self.objectives):
             raise UserError(f"--objectives: use miou, miou,ece or miou,err_auroc, got {','.join(self.objectives)}")
-        asha = self.space.asha
-        self.time_attr = self.time_attr or asha.get("time_attr", "step")
+        asha = {**ASHA_DEFAULTS, **self.space.asha}
+        self.time_attr = self.time_attr or asha["time_attr"]
         if self.time_attr not in ("step", "training_iteration"):
             raise UserError(f"--time-attr: must be step or training_iteration, got {self.time_attr!r}")
         if self.reduction_factor is None:
-            self.reduction_factor = float(asha.get("reduction_factor", 2))
+            self.reduction_factor = float(asha["reduction_factor"])
         if self.reduction_factor <= 1:
             raise UserError(f"--reduction-factor: must be > 1, got {self.reduction_factor}")
-        base = self.base_config()
+        self.base = self.space.base_config(self.overrides)
+        budget = self.max_t()
         if self.grace_period is None:  # from the space file, clamped to a budget shortened by overrides
-            self.grace_period = min(int(asha.get("grace_period", max(1, self.max_t(base) // 4))), self.max_t(base))
-        if not 1 <= self.grace_period <= self.max_t(base):
-            raise UserError(f"--grace-period: must be in [1, {self.max_t(base)}] ({self.time_attr}), "
-                            f"got {self.grace_period}")
+            self.grace_period = min(int(asha.get("grace_period", max(1, budget // 4))), budget)
+        if not 1 <= self.grace_period <= budget:
+            raise UserError(f"--grace-period: must be in [1, {budget}] ({self.time_attr}), got {self.grace_period}")
 
     @property
     def remote(self) -> bool:
@@ -105,20 +120,35 @@ class SweepSettings:
         """The local experiment folder (journal, results, plots, exports; everything when storage is local)."""
         return Path(self.local_dir if self.remote else self.storage_root).resolve() / self.experiment
 
-    def tune_path(self, split: str) -> str:
-        """The split's Tune experiment (under the storage, local or remote)."""
-        return f"{self.storage_uri}/{self.experiment}/{split_slug(split)}"
+    @property
+    def journal_path(self) -> Path:
+        return self.experiment_dir / JOURNAL
+
+    @property
+    def events_path(self) -> Path:
+        return self.experiment_dir / EVENTS
+
+    @property
+    def tune_path(self) -> str:
+        """The sweep's Tune experiment (under the storage, local or remote)."""
+        return f"{self.storage_uri}/{self.experiment}/{TUNE_DIR}"
 
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def base_config(self) -> Any:
-        """The recipe + the space's proxy overrides + the user's overrides (validated)."""
-        return self.space.base_config(self.overrides)
+    @property
+    def budget(self) -> int:
+        """Training steps of a full-budget trial."""
+        return self.base.train.iters
 
-    def max_t(self, cfg: Any) -> int:
-        """The full budget in ASHA's time unit."""
+    def base_config(self) -> Any:
+        """The recipe + the space's proxy overrides + the user's overrides (validated once, at construction)."""
+        return self.base
+
+    def max_t(self, cfg: Any = None) -> int:
+        """The full budget in the scheduler's time unit."""
+        cfg = cfg or self.base
         if self.time_attr == "step":
             return cfg.train.iters
         return -(-cfg.train.iters // cfg.train.eval_every)
@@ -127,150 +157,145 @@ class SweepSettings:
         names = [OBJECTIVES[o] for o in self.objectives]
         return [n for n, _ in names], [m for _, m in names]
 
-
-def split_slug(split: str) -> str:
-    """A directory name for a split name (``demo/1_8`` -> ``demo_1_8``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", split).strip("_")
+    def total_trials(self) -> int:
+        return len(self.splits) * self.num_samples
 
 
-def study_name(experiment: str, split: str) -> str:
-    return f"{experiment}/{split}"
-
-
-def journal_storage(experiment_dir: Path) -> Any:
-    """The experiment's Optuna journal storage (a plain log file optuna-dashboard can open)."""
-    import optuna
-
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(experiment_dir / JOURNAL))
-    return optuna.storages.JournalStorage(backend)
-
-
-def trial_dirname(trial: Any) -> str:
-    """Short Tune trial directory names (the params are in the results table, not the path)."""
-    return f"trial_{trial.trial_id}"
-
-
-def make_searcher(settings: SweepSettings, split: str) -> Any:
-    """A seeded TPE ``OptunaSearch`` whose study ``<experiment>/<split>`` lives in the journal file."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+def make_searcher(settings: SweepSettings) -> Any:
+    """One ``SplitSearcher`` over a seeded TPE study per split, in the experiment's journal."""
+    from npsemiseg.tune.searcher import SplitSearcher
 
     metrics, modes = settings.metrics_and_modes()
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.n_startup_trials)
-    multi = settings.multi_objective
-    return OptunaSearch(
-        space=settings.space.optuna_distributions(),
-        metric=metrics if multi else metrics[0],
-        mode=modes if multi else modes[0],
-        sampler=sampler,
-        study_name=study_name(settings.experiment, split),
-        storage=journal_storage(settings.experiment_dir),
+    return SplitSearcher(
+        experiment=settings.experiment, splits=settings.splits, trials_per_split=settings.num_samples,
+        distributions=settings.space.optuna_distributions(), metrics=metrics, modes=modes,
+        journal=str(settings.journal_path), experiment_dir=str(settings.experiment_dir), budget=settings.budget,
+        seed=settings.seed, n_startup_trials=settings.n_startup_trials, concurrent=settings.max_concurrent > 1,
     )
 
 
 def make_scheduler(settings: SweepSettings) -> Any:
-    """ASHA on val/miou; trials it stops are told to Optuna as COMPLETE with their last value."""
-    from ray.tune.schedulers import ASHAScheduler
+    """Successive halving per split on every objective (a trial survives a rung if it is good on any)."""
+    from npsemiseg.tune.scheduler import SplitRungScheduler
 
-    return ASHAScheduler(
-        time_attr=settings.time_attr, metric=METRIC, mode="max", max_t=settings.max_t(settings.base_config()),
-        grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
-    )
+    metrics, modes = settings.metrics_and_modes()
+    return SplitRungScheduler(time_attr=settings.time_attr, metrics=metrics, modes=modes, max_t=settings.max_t(),
+                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
 
 
-def trial_spec(settings: SweepSettings, split: str) -> TrialSpec:
-    """What every trial of ``split`` shares (Train runs go to ``<storage>/<experiment>/<trial_id>``)."""
+def trial_spec(settings: SweepSettings) -> TrialSpec:
+    """What every trial shares (Train runs go to ``<storage>/<experiment>/<trial_id>``)."""
     return TrialSpec(
-        base=settings.base_config().to_dict(), split=split, experiment=settings.experiment,
-        storage_root=settings.storage_uri, resources=settings.resources,
-        num_to_keep=settings.num_to_keep, max_failures=settings.max_failures,
+        base=settings.base.to_dict(), experiment=settings.experiment, storage_root=settings.storage_uri,
+        resources=settings.resources, num_to_keep=settings.num_to_keep, max_failures=settings.max_failures,
         trainer_factory=settings.trainer_factory,
     )
 
 
-def make_trainable(settings: SweepSettings, split: str) -> Any:
+def make_trainable(settings: SweepSettings) -> Any:
+    from ray import tune  # (1) the trial function, with its spec attached and a sliver of CPU for itself
+
+    return tune.with_resources(tune.with_parameters(run_trial, spec=trial_spec(settings)), {"CPU": TRIAL_DRIVER_CPU})
+
+
+def make_tuner(settings: SweepSettings, trainable: Any) -> Any:
+    """A new ``Tuner`` or, when the experiment exists, the restored one (returns (tuner, restored))."""
     from ray import tune
 
-    spec = trial_spec(settings, split)
-    return tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": TRIAL_DRIVER_CPU})
-
-
-def run_split(settings: SweepSettings, split: str) -> Any:
-    """Fit (or restore and finish) the split's Tuner; returns its ``ResultGrid``."""
-    from ray import tune
+    from npsemiseg.tune.timing import TrialEvents
 
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(settings.checkpoint_period_s)
-    path = settings.tune_path(split)
-    trainable = make_trainable(settings, split)
-    if tune.Tuner.can_restore(path):
-        print(f"[sweep] {split}: resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(settings, split), scheduler=make_scheduler(settings),
-                num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent,
-                trial_dirname_creator=trial_dirname, reuse_actors=False,
-            ),
-            run_config=tune.RunConfig(
-                name=split_slug(split), storage_path=f"{settings.storage_uri}/{settings.experiment}",
-                verbose=settings.verbose,
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            ),
-        )
+    if tune.Tuner.can_restore(settings.tune_path):
+        print(f"[sweep] resuming {settings.tune_path}", flush=True)
+        # (2) restore: finished trials keep their results, unfinished ones restart from their Train checkpoints
+        return tune.Tuner.restore(settings.tune_path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False), True
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(  # (3) one searcher + one scheduler for every split; one slot pool
+            search_alg=make_searcher(settings), scheduler=make_scheduler(settings),
+            num_samples=settings.total_trials(), max_concurrent_trials=settings.max_concurrent,
+            trial_dirname_creator=trial_dirname, reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=f"{settings.storage_uri}/{settings.experiment}", verbose=settings.verbose,
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            callbacks=[TrialEvents(str(settings.events_path))],
+        ),
+    ), False
+
+
+def slots(settings: SweepSettings, cluster: dict[str, float] | None) -> int:
+    """Trials that can run at once: --max-concurrent, capped by the sweep's size and what fits on the cluster."""
+    n = min(settings.max_concurrent, settings.total_trials())
+    fit_now = settings.resources.fits(cluster) if cluster else 0
+    return min(n, fit_now) if fit_now >= 1 else n
+
+
+def fit(settings: SweepSettings) -> Any:
+    """Fit (or restore and finish) the sweep's Tuner; returns its ``ResultGrid``."""
+    from npsemiseg.tune.timing import append_event
+
+    tuner, _ = make_tuner(settings, make_trainable(settings))
+    append_event(settings.events_path, "sweep_start", slots=settings.max_concurrent)
     grid = tuner.fit()
-    # Tune returns normally after Ctrl-C (it saved its state): stop here rather than start the next split.
+    append_event(settings.events_path, "sweep_end")
+    # Tune returns normally after Ctrl-C (it saved its state): do not write results for a half-finished sweep.
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", [])
     if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
-        raise KeyboardInterrupt(f"{split}: sweep interrupted with unfinished trials")
+        raise KeyboardInterrupt("sweep interrupted with unfinished trials")
+    n = make_searcher(settings).fail_orphans({t.trial_id for t in trials})
+    if n:
+        print(f"[sweep] {n} Optuna trial(s) asked for before the driver stopped were never run: marked FAIL",
+              flush=True)
     return grid
 
 
 def plan_lines(settings: SweepSettings, cluster: dict[str, float] | None = None) -> list[str]:
     """The human-readable plan printed before any trial starts."""
-    cfg = settings.base_config()
+    cfg = settings.base
     metrics, modes = settings.metrics_and_modes()
+    rule = "on every objective (a trial good on any one survives)" if settings.multi_objective else f"on {METRIC}"
+    sampler = "multi-objective TPE" if settings.multi_objective else "TPE"
     lines = [
         f"experiment   {settings.experiment_dir}"
         + (f" (trials and checkpoints in {settings.storage_uri}/{settings.experiment})" if settings.remote else ""),
         f"recipe       {settings.space.recipe or '(defaults)'} + {settings.space.path}",
-        f"splits       {len(settings.splits)} x {settings.num_samples} trials = "
-        f"{len(settings.splits) * settings.num_samples} trials: {', '.join(settings.splits)}",
-        f"search       Optuna TPE (seed {settings.seed}, {settings.n_startup_trials} start-up trials) over "
-        f"{', '.join(settings.space.keys)}",
+        f"splits       {len(settings.splits)} x {settings.num_samples} trials = {settings.total_trials()} trials, "
+        f"one shared pool of trial slots: {', '.join(settings.splits)}",
+        f"search       one Optuna {sampler} study per split (seeds derived from --seed {settings.seed}, "
+        f"{settings.n_startup_trials} start-up trials"
+        f"{', constant liar' if settings.max_concurrent > 1 else ''}) over {', '.join(settings.space.keys)}",
         f"objective    {', '.join(f'{m} ({d})' for m, d in zip(metrics, modes))}",
-        f"budget       {cfg.train.iters} steps per trial (eval every {cfg.train.eval_every}); ASHA on {METRIC}: "
-        f"{settings.time_attr}, grace {settings.grace_period}, reduction {settings.reduction_factor:g}",
-        f"resources    {settings.resources.describe()}; at most {settings.max_concurrent} trials at once",
+        f"budget       {cfg.train.iters} steps per trial (eval every {cfg.train.eval_every}); successive halving per "
+        f"split {rule}: {settings.time_attr}, grace {settings.grace_period}, reduction {settings.reduction_factor:g}",
+        f"resources    {settings.resources.describe()}; at most {settings.max_concurrent} trials at once (all splits)",
     ]
     if cluster is not None:
-        fit = settings.resources.fits(cluster)
+        fit_now = settings.resources.fits(cluster)
         have = ", ".join(f"{k} {v:g}" for k, v in sorted(cluster.items()) if k in ("CPU", "GPU"))
-        lines.append(f"cluster      {have} -> {fit} trial(s) fit at once now")
-        if fit < 1:
+        lines.append(f"cluster      {have} -> {fit_now} trial(s) fit at once now")
+        if fit_now < 1:
             lines.append("warning      no trial fits on the cluster yet (an autoscaler may add nodes)")
     return lines
 
 
 def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
-    """Run every split, then write results, plots and exports; returns the results as a pandas DataFrame."""
+    """Run the sweep, then write results, plots and exports; returns the results as a pandas DataFrame."""
     import ray
 
     from npsemiseg.tune import results as R
 
     if not ray.is_initialized():
         raise RuntimeError("run_sweep needs Ray initialised (npsemiseg.tune.session.connect)")
-    for line in plan_lines(settings, ray.cluster_resources()):
+    cluster = ray.cluster_resources()
+    for line in plan_lines(settings, cluster):
         print(f"[plan] {line}", flush=True)
     t0 = time.time()
-    grids = {}
-    for split in settings.splits:
-        grids[split] = run_split(settings, split)
-    df, hist = R.collect(settings, grids)
-    R.write_results(settings.experiment_dir, df, hist, settings)
-    print(R.summary_text(df, settings.space.keys), flush=True)
+    grid = fit(settings)
+    df, hist, meta = R.collect(settings, grid, slots=slots(settings, cluster))
+    R.write_results(settings.experiment_dir, df, hist, meta)
+    print(R.summary_text(df, meta), flush=True)
     if export:
         from npsemiseg.tune.export import export_experiment
 

@@ -1,27 +1,35 @@
 """The Tune trial function: one sweep trial = one Ray Train run (Train V2 pattern).
 
-Tune calls ``run_trial(config, spec=...)`` with the sampled hyper-parameters as flat dotted keys. It turns them into
-a ``Config`` (base recipe + proxy overrides + sampled values), builds ``build_trainer(cfg, ...)`` with a
-``TuneReportCallback`` so every Train report reaches Tune (and ASHA / Optuna), and fits it. The Train run's name is
-stable, ``<experiment>/<trial_id>``, so when a killed sweep is restored the same trial finds its own checkpoints
-and continues from them.
+Tune calls ``run_trial(config, spec=...)`` with the sampled hyper-parameters as flat dotted keys, the trial's split
+among them (``data.split``, set by the searcher). It turns them into a ``Config`` (base recipe + proxy overrides +
+sampled values), builds ``build_trainer(cfg, ...)`` with a ``TuneReportCallback`` so every Train report reaches
+Tune (the scheduler and the searcher), and fits it. The Train run's name is stable, ``<experiment>/<trial_id>``,
+so when a killed sweep is restored the same trial finds its own checkpoints and continues from them.
+
+Each Train worker runs ``timed_train_loop``: the one training loop with a context that adds ``time/train_s`` to
+every report, the seconds spent inside the training function so far, carried in the checkpoint so that it keeps
+counting across restores and retries (GPU/CPU-hours in the results come from it, not from the trial's wall time).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from npsemiseg.config import apply_overrides, config_from_dict
+from npsemiseg.distributed.context import RayContext
+from npsemiseg.tune.common import TRAIN_TIME
 from npsemiseg.tune.resources import TrialResources
+
+CKPT_TRAIN_TIME = "train_time_s"  # checkpoint entry holding TRAIN_TIME at the moment it was saved
 
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """Everything a trial needs besides the sampled values (pickled once per split by ``tune.with_parameters``)."""
+    """Everything a trial needs besides the sampled values (pickled once per sweep by ``tune.with_parameters``)."""
 
     base: dict[str, Any]  # Config.to_dict() of the recipe + proxy overrides + user overrides
-    split: str
     experiment: str
     storage_root: str  # Train runs land in <storage_root>/<experiment>/<trial_id>
     resources: TrialResources = field(default_factory=TrialResources)
@@ -37,21 +45,51 @@ def train_run_name(experiment: str, trial_id: str) -> str:
 
 
 def trial_config(spec: TrialSpec, params: dict[str, Any], trial_id: str, out_dir: str) -> Any:
-    """The validated ``Config`` one trial trains with."""
-    cfg = config_from_dict(spec.base)
+    """The validated ``Config`` one trial trains with (``params`` include ``data.split``)."""
     over = dict(params)
-    over["data.split"] = spec.split
     over["name"] = train_run_name(spec.experiment, trial_id)
     over["out_dir"] = out_dir
     if not spec.resources.use_gpu:
         over["device"] = "cpu"
-    return apply_overrides(cfg, over)
+    return apply_overrides(config_from_dict(spec.base), over)
+
+
+class TimedContext(RayContext):
+    """``RayContext`` whose reports carry the training time, summed over the attempts of the run."""
+
+    def __init__(self, cfg: Any) -> None:
+        self._t0 = time.monotonic()
+        self._before = 0.0  # training time of earlier attempts, from the checkpoint this one resumes
+        super().__init__(cfg)
+
+    def trained_s(self) -> float:
+        return self._before + time.monotonic() - self._t0
+
+    def resume_state(self) -> dict[str, Any] | None:
+        state = super().resume_state()
+        if state is not None:
+            self._before = float(state.get(CKPT_TRAIN_TIME, 0.0))
+        return state
+
+    def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:
+        t = self.trained_s()
+        if checkpoint is not None:
+            checkpoint = {**checkpoint, CKPT_TRAIN_TIME: t}
+        super().report({**metrics, TRAIN_TIME: t}, checkpoint)
+
+
+def timed_train_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker entry of sweep trials: the one loop (``engine.loop.fit``) with a ``TimedContext``."""
+    from npsemiseg.engine.loop import fit
+
+    cfg = config_from_dict(config["cfg"])
+    return dict(fit(cfg, TimedContext(cfg)) or {})
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """Tune function trainable: build the trial's TorchTrainer, forward its reports to Tune, fit it."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray import tune  # (4) the trial's identity and folder come from Tune's context
+    from ray.tune.integration.ray_train import TuneReportCallback  # (5) Train reports -> Tune results
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
@@ -65,10 +103,11 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         num_workers=res.workers,
         use_gpu=res.use_gpu,
         storage_path=spec.storage_root,
-        name=train_run_name(spec.experiment, trial_id),
+        name=train_run_name(spec.experiment, trial_id),  # (6) stable name: a restored trial finds its checkpoints
         callbacks=[TuneReportCallback()],
         max_failures=spec.max_failures,
         resources_per_worker=res.per_worker(),
         num_to_keep=spec.num_to_keep,
+        train_fn=timed_train_loop,
     )
-    trainer.fit()
+    trainer.fit()  # (7) blocks until the Train run ends; Tune stops this function when its scheduler says STOP
