@@ -56,14 +56,8 @@ def main() -> int:
     from npsemiseg.tune.results import collect
     from npsemiseg.tune.session import connect
     from npsemiseg.tune.space import load_space
-    from npsemiseg.tune.sweep import (
-        SweepSettings,
-        make_scheduler,
-        make_searcher,
-        make_trainable,
-        split_slug,
-        trial_dirname,
-    )
+    from npsemiseg.tune.common import SPLIT_KEY, split_slug, trial_dirname
+    from npsemiseg.tune.sweep import SweepSettings, make_scheduler, make_searcher, make_trainable
 
     grid = QUICK if args.quick else GRID
     n_grid = len(list(itertools.product(*grid.values())))
@@ -75,6 +69,7 @@ def main() -> int:
 
     def settings(name: str, **kw) -> SweepSettings:
         return SweepSettings(space=load_space(out / "space.yaml"), experiment=name, storage_root=str(out),
+                             splits=[args.split],
                              overrides={"data.root": str(root.resolve())}, grace_period=args.eval_every,
                              max_concurrent=args.max_concurrent, verbose=0, **kw)
 
@@ -83,17 +78,17 @@ def main() -> int:
     t0 = time.time()
     grid_path = out / "grid" / split_slug(args.split)
     if args.reuse_grid and tune.Tuner.can_restore(str(grid_path)):
-        grid_res = tune.Tuner.restore(str(grid_path), make_trainable(g, args.split)).get_results()
+        grid_res = tune.Tuner.restore(str(grid_path), make_trainable(g)).get_results()
     else:
         grid_res = tune.Tuner(
-            make_trainable(g, args.split),
-            param_space={k: tune.grid_search(v) for k, v in grid.items()},
+            make_trainable(g),
+            param_space={**{k: tune.grid_search(v) for k, v in grid.items()}, SPLIT_KEY: args.split},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=args.max_concurrent,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=split_slug(args.split), storage_path=str(out / "grid"), verbose=0),
         ).fit()
     grid_wall = time.time() - t0
-    gdf, _ = collect(g, {args.split: grid_res})
+    gdf, _, _ = collect(g, grid_res)
     full = gdf[gdf["full_budget"]]
     best = float(full["best_miou"].max())
     grid_iters = int(gdf["iterations"].sum())
@@ -123,15 +118,15 @@ def main() -> int:
                      seed=seed)
         t0 = time.time()
         tpe_res = tune.Tuner(
-            make_trainable(t, args.split),
-            tune_config=tune.TuneConfig(search_alg=make_searcher(t, args.split), scheduler=make_scheduler(t),
+            make_trainable(t),
+            tune_config=tune.TuneConfig(search_alg=make_searcher(t), scheduler=make_scheduler(t),
                                         num_samples=n_grid, max_concurrent_trials=args.max_concurrent,
                                         trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=split_slug(args.split), storage_path=str(out / f"tpe_s{seed}"),
                                       verbose=0, stop=stopper),
         ).fit()
         tpe_wall = time.time() - t0
-        tdf, _ = collect(t, {args.split: tpe_res})
+        tdf, _, _ = collect(t, tpe_res)
         tpe_iters = int(tdf["iterations"].sum())
         full = tdf[tdf["full_budget"]]
         tbest = float(full["best_miou"].max()) if len(full) else float("nan")

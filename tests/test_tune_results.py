@@ -9,10 +9,10 @@ import pytest
 
 from npsemiseg.errors import UserError
 from npsemiseg.tune.cli import sweep_main
+from npsemiseg.tune.common import split_slug
 from npsemiseg.tune.export import export_experiment
 from npsemiseg.tune.plots import write_plots
 from npsemiseg.tune.resources import TrialResources
-from npsemiseg.tune.common import split_slug
 from npsemiseg.tune.results import clean_history, pick_checkpoint, read_results, write_table
 from npsemiseg.tune.space import load_space
 from npsemiseg.tune.summary import best_per_split, pareto_front, summary_text

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from conftest import TINY_OVERRIDES
 
-from npsemiseg.tune.sweep import JOURNAL
+from npsemiseg.tune.common import JOURNAL
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 24
@@ -145,4 +145,16 @@ def test_sigkill_driver_then_resume(demo_root: Path, tmp_path: Path) -> None:
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL)))
     study = optuna.load_study(study_name="kill/demo/1_4", storage=storage)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and states.count("COMPLETE") == 2, states
+    done = {t.user_attrs["ray_trial_id"]: t for t in study.trials if t.state.name == "COMPLETE"}
+    assert set(done) == set(before) and all(t.user_attrs["steps"] == ITERS for t in done.values())
+
+    # Training time kept counting across the restore: the resumed trial's total exceeds what it had trained
+    # before the kill, and its attempts are both in the events log.
+    import torch
+
+    t_before = max(torch.load(exp / unfinished[0] / name / "checkpoint.pt", weights_only=True)["train_time_s"]
+                   for _, name in before[unfinished[0]])
+    row = table.set_index("trial_id").loc[unfinished[0]]
+    assert row["train_time_s"] > t_before and row["attempts"] == 2, (row["train_time_s"], t_before)

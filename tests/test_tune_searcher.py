@@ -135,3 +135,23 @@ def test_trial_times_and_utilisation(tmp_path: Path) -> None:
     from npsemiseg.tune.timing import read_events
 
     assert len(read_events(tmp_path / "e.jsonl")) == len(ev)
+
+
+def test_training_time_continues_across_restores(monkeypatch) -> None:
+    """The worker context adds the training time to every report and checkpoint, starting from the resumed
+    checkpoint's value (not from zero)."""
+    from npsemiseg.distributed.context import RayContext
+    from npsemiseg.tune import trial as T
+
+    sent = []
+    monkeypatch.setattr(RayContext, "__init__", lambda self, cfg: None)
+    monkeypatch.setattr(RayContext, "resume_state", lambda self: {"step": 20, T.CKPT_TRAIN_TIME: 100.0})
+    monkeypatch.setattr(RayContext, "report", lambda self, m, c=None: sent.append((m, c)))
+    ctx = T.TimedContext(cfg=None)
+    ctx.report({"step": 1})
+    assert sent[-1][0]["time/train_s"] < 100  # a fresh run counts from its own start
+    assert ctx.resume_state()["step"] == 20
+    ctx.report({"step": 21, "val/miou": 0.5}, {"model": {}})
+    metrics, ckpt = sent[-1]
+    assert 100 <= metrics["time/train_s"] < 110 and ckpt[T.CKPT_TRAIN_TIME] == metrics["time/train_s"]
+    assert metrics["val/miou"] == 0.5 and "model" in ckpt

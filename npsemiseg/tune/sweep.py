@@ -285,6 +285,7 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
     import ray
 
     from npsemiseg.tune import results as R
+    from npsemiseg.tune.summary import summary_text
 
     if not ray.is_initialized():
         raise RuntimeError("run_sweep needs Ray initialised (npsemiseg.tune.session.connect)")
@@ -295,7 +296,7 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
     grid = fit(settings)
     df, hist, meta = R.collect(settings, grid, slots=slots(settings, cluster))
     R.write_results(settings.experiment_dir, df, hist, meta)
-    print(R.summary_text(df, meta), flush=True)
+    print(summary_text(df, meta), flush=True)
     if export:
         from npsemiseg.tune.export import export_experiment
 
