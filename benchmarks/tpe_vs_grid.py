@@ -53,10 +53,10 @@ def main() -> int:
     from ray import tune
 
     from npsemiseg.tune.cli import ensure_demo_data
+    from npsemiseg.tune.common import SPLIT_KEY, split_slug, trial_dirname
     from npsemiseg.tune.results import collect
     from npsemiseg.tune.session import connect
     from npsemiseg.tune.space import load_space
-    from npsemiseg.tune.common import SPLIT_KEY, split_slug, trial_dirname
     from npsemiseg.tune.sweep import SweepSettings, make_scheduler, make_searcher, make_trainable
 
     grid = QUICK if args.quick else GRID

@@ -1,6 +1,7 @@
-"""Ray Tune + Optuna sweeps over NP-SemiSeg hyper-parameters: one Tuner and one TPE study per label split.
+"""Ray Tune + Optuna sweeps over NP-SemiSeg hyper-parameters: one Tuner for all label splits, one study per split.
 
-Layers: ``space`` (search-space YAML) -> ``trial`` (one trial = one Ray Train run) -> ``sweep`` (Tuners, ASHA,
-resume) -> ``results`` / ``plots`` / ``export``; ``cli`` holds the scripts' argument parsing. Importing this package
-does not import Ray.
+Layers: ``common`` (names, defaults) -> ``space`` (search-space YAML) -> ``trial`` (one trial = one Ray Train run)
+-> ``searcher`` / ``scheduler`` / ``timing`` (per-split Optuna studies, per-split early stopping, slot times) ->
+``sweep`` (the Tuner, resume) -> ``results`` / ``summary`` / ``plots`` / ``export``; ``cli`` holds the scripts'
+argument parsing. Importing this package does not import Ray.
 """
