@@ -59,8 +59,20 @@ def _axis(ax: Any, spec: dict[str, Any], which: str = "x") -> None:
         labels = [str(c) for c in spec["choices"]]
         (ax.set_xticks if which == "x" else ax.set_yticks)(ticks, labels)
         (ax.set_xlim if which == "x" else ax.set_ylim)(-0.5, len(ticks) - 0.5)
-    elif spec.get("log"):
-        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    else:
+        if spec.get("log"):
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+            axis = ax.xaxis if which == "x" else ax.yaxis
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.002, 0.005, 0.01, ... as plain numbers
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
+        if spec.get("low") is not None and spec.get("high") is not None:  # the whole searched range
+            lo, hi = float(spec["low"]), float(spec["high"])
+            pad = (hi / lo) ** 0.05 if spec.get("log") else 0.05 * (hi - lo)
+            (ax.set_xlim if which == "x" else ax.set_ylim)(*((lo / pad, hi * pad) if spec.get("log")
+                                                              else (lo - pad, hi + pad)))
     (ax.set_xlabel if which == "x" else ax.set_ylabel)(spec["key"] + (" (log)" if spec.get("log") else ""))
 
 

@@ -218,8 +218,8 @@ def metadata(settings: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     """What a table needs to be read without the sweep's settings (plots, summary, export)."""
     return {
         "experiment": settings.experiment, "params": settings.space.keys,
-        "param_specs": [{"key": p.key, "type": p.type, "log": p.log, "choices": list(p.choices)}
-                        for p in settings.space.params],
+        "param_specs": [{"key": p.key, "type": p.type, "log": p.log, "low": p.low, "high": p.high,
+                         "choices": list(p.choices)} for p in settings.space.params],
         "splits": settings.splits, "objectives": list(settings.objectives), "metric": METRIC,
         "seed": settings.seed, "sampler_seeds": {s: sampler_seed(settings.seed, s) for s in settings.splits},
         "budget": settings.budget, "slot_utilisation": ctx["utilisation"], "package_version": ctx["version"],
