@@ -71,6 +71,17 @@ def main() -> int:
           f"{int((~df['full_budget']).sum())} stopped early): {100 * u['utilisation']:.1f} % "
           f"(busy {u['busy_s']:.0f} s / ({u['slots']} x makespan {u['makespan_s']:.0f} s)); training "
           f"{100 * train / max(u['busy_s'], 1e-9):.0f} % of slot time; sweep wall {wall:.0f} s (goal >= 90 %)")
+    # Where the idle slot time went: the tail (slots with no trial left to start after the last start) and the
+    # hand-overs (a slot between one trial's end and the next trial's start: Tune starting a new trial actor).
+    from npsemiseg.tune.timing import read_events, trial_times
+
+    times = [t for t in trial_times(read_events(settings.events_path)).values() if t.first_start is not None]
+    last_start, end = max(t.first_start for t in times), max(t.last_end for t in times)
+    idle = u["slots"] * u["makespan_s"] - u["busy_s"]
+    tail = sum(end - max(t.last_end, last_start) for t in sorted(times, key=lambda t: t.last_end)[-u["slots"]:])
+    gaps = len(times) - u["slots"]
+    print(f"IDLE {idle:.0f} slot-s: tail {tail:.0f} s, hand-overs {idle - tail:.0f} s over {gaps} trial starts "
+          f"(mean {(idle - tail) / max(gaps, 1):.1f} s between a trial's end and the next start)")
     print(f"details: {settings.experiment_dir}")
     return 0
 

@@ -141,7 +141,7 @@ def test_training_time_continues_across_restores(monkeypatch) -> None:
     """The worker context adds the training time to every report and checkpoint, starting from the resumed
     checkpoint's value (not from zero)."""
     from npsemiseg.distributed.context import RayContext
-    from npsemiseg.tune import trial as T
+    from npsemiseg.tune import worker as T
 
     sent = []
     monkeypatch.setattr(RayContext, "__init__", lambda self, cfg: None)

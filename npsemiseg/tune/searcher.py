@@ -83,6 +83,7 @@ class SplitSearcher(Searcher):
         if split not in self._studies:
             import optuna
 
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own plan and summary
             directions = ["maximize" if m == "max" else "minimize" for m in self.modes]
             sampler = make_sampler(self.seed, split, self.n_startup_trials, self.concurrent, self.multi_objective)
             self._studies[split] = optuna.create_study(

@@ -6,23 +6,17 @@ sampled values), builds ``build_trainer(cfg, ...)`` with a ``TuneReportCallback`
 Tune (the scheduler and the searcher), and fits it. The Train run's name is stable, ``<experiment>/<trial_id>``,
 so when a killed sweep is restored the same trial finds its own checkpoints and continues from them.
 
-Each Train worker runs ``timed_train_loop``: the one training loop with a context that adds ``time/train_s`` to
-every report, the seconds spent inside the training function so far, carried in the checkpoint so that it keeps
-counting across restores and retries (GPU/CPU-hours in the results come from it, not from the trial's wall time).
+Each Train worker runs ``npsemiseg.tune.worker.timed_train_loop`` (the one training loop, timed). This module stays
+light (no torch at import): Tune imports it in every new trial actor.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from npsemiseg.config import apply_overrides, config_from_dict
-from npsemiseg.distributed.context import RayContext
-from npsemiseg.tune.common import TRAIN_TIME
 from npsemiseg.tune.resources import TrialResources
-
-CKPT_TRAIN_TIME = "train_time_s"  # checkpoint entry holding TRAIN_TIME at the moment it was saved
 
 
 @dataclass(frozen=True)
@@ -54,38 +48,6 @@ def trial_config(spec: TrialSpec, params: dict[str, Any], trial_id: str, out_dir
     return apply_overrides(config_from_dict(spec.base), over)
 
 
-class TimedContext(RayContext):
-    """``RayContext`` whose reports carry the training time, summed over the attempts of the run."""
-
-    def __init__(self, cfg: Any) -> None:
-        self._t0 = time.monotonic()
-        self._before = 0.0  # training time of earlier attempts, from the checkpoint this one resumes
-        super().__init__(cfg)
-
-    def trained_s(self) -> float:
-        return self._before + time.monotonic() - self._t0
-
-    def resume_state(self) -> dict[str, Any] | None:
-        state = super().resume_state()
-        if state is not None:
-            self._before = float(state.get(CKPT_TRAIN_TIME, 0.0))
-        return state
-
-    def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:
-        t = self.trained_s()
-        if checkpoint is not None:
-            checkpoint = {**checkpoint, CKPT_TRAIN_TIME: t}
-        super().report({**metrics, TRAIN_TIME: t}, checkpoint)
-
-
-def timed_train_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker entry of sweep trials: the one loop (``engine.loop.fit``) with a ``TimedContext``."""
-    from npsemiseg.engine.loop import fit
-
-    cfg = config_from_dict(config["cfg"])
-    return dict(fit(cfg, TimedContext(cfg)) or {})
-
-
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """Tune function trainable: build the trial's TorchTrainer, forward its reports to Tune, fit it."""
     from ray import tune  # (1) the trial's identity and folder come from Tune's context
@@ -94,6 +56,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     cfg = trial_config(spec, config, trial_id, ctx.get_trial_dir())
+    from npsemiseg.tune.worker import timed_train_loop
+
     factory = spec.trainer_factory
     if factory is None:
         from npsemiseg.distributed.trainer import build_trainer as factory
