@@ -155,3 +155,31 @@ def test_training_time_continues_across_restores(monkeypatch) -> None:
     metrics, ckpt = sent[-1]
     assert 100 <= metrics["time/train_s"] < 110 and ckpt[T.CKPT_TRAIN_TIME] == metrics["time/train_s"]
     assert metrics["val/miou"] == 0.5 and "model" in ckpt
+
+
+def test_importances_only_with_enough_full_budget_trials(tmp_path: Path) -> None:
+    from npsemiseg.tune.common import MIN_TRIALS_FOR_IMPORTANCE
+    from npsemiseg.tune.summary import importances, summary_text
+
+    storage = journal_storage(tmp_path / "journal.log")
+    for split, n in (("few", MIN_TRIALS_FOR_IMPORTANCE - 1), ("many", MIN_TRIALS_FOR_IMPORTANCE)):
+        study = optuna.create_study(study_name=f"exp/{split}", storage=storage, direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study.optimize(lambda t: t.suggest_float("a", 0, 1) + 0.01 * t.suggest_float("b", 0, 1), n_trials=n)
+        study.add_trial(optuna.trial.create_trial(state=STATE.PRUNED, params={"a": 0.5, "b": 0.5}, distributions={
+            "a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}, intermediate_values={20: 0.1}))
+    imp = importances(tmp_path / "journal.log", "exp", ["few", "many"])
+    assert imp["few"] == {"n_complete": 7, "reason": "7 full-budget trial(s); importances need >= 8"}
+    assert imp["many"]["n_complete"] == 8 and imp["many"]["importances"]["a"] > imp["many"]["importances"]["b"]
+    import pandas as pd
+
+    df = pd.DataFrame([{"split": "many", "trial_id": "x", "full_budget": True, "best_miou": 0.5, "status": "COMPLETE",
+                        "train_time_s": 3600.0, "gpu_hours": 2.0, "cpu_hours": 16.0, "placement_s": 30.0,
+                        "queued_s": 5.0}])
+    meta = {"params": [], "importances": imp,
+            "slot_utilisation": {"busy_s": 90.0, "makespan_s": 50.0, "slots": 2, "utilisation": 0.9}}
+    text = summary_text(df, meta)
+    assert "cost: 1.000 trial-hours of training = 2.000 GPU-hours, 16.000 CPU-hours" in text
+    assert "slot utilisation: 90.0 % (90 s of trial time in 2 slots x 50 s)" in text
+    assert "importances few: not shown (7 full-budget trial(s); importances need >= 8)" in text
+    assert "importances many (8 full-budget trials): a " in text
