@@ -69,14 +69,15 @@ def split_checksums(base: Any, splits: list[str]) -> dict[str, str | None]:
     from npsemiseg.data.build import open_tree, select_split
 
     out: dict[str, str | None] = {}
+    bad = (UserError, OSError, ValueError, KeyError)  # the table is still written, with a null checksum
     try:
         tree = open_tree(base)
-    except (UserError, OSError):
+    except bad:
         return dict.fromkeys(splits)
     for s in splits:
         try:
             out[s] = select_split(apply_overrides(base, {SPLIT_KEY: s}), tree).info.checksum
-        except (UserError, OSError):
+        except bad:
             out[s] = None
     return out
 
