@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from npsemiseg.data.labels import NUM_CLASSES
 from npsemiseg.errors import ConfigError
 
 DATASETS = ("voc", "cityscapes", "list")
@@ -37,7 +38,7 @@ class DataConfig:
     labelled_list: str = ""  # dataset=list: "image [mask]" per line
     unlabelled_list: str = ""  # dataset=list: "image" per line
     val_list: str = ""  # dataset=list: "image mask" per line
-    num_classes: int = 0  # 0 = from the dataset (voc 21, cityscapes 19); required for dataset=list
+    num_classes: int = 0  # 0 = from the dataset (data/labels.py: voc 21, cityscapes 19); required for dataset=list
     crop_size: int = 321
     scale_min: float = 0.5
     scale_max: float = 2.0
@@ -123,7 +124,7 @@ class Config:
         """Classes of the configured dataset."""
         if self.data.num_classes:
             return self.data.num_classes
-        return {"voc": 21, "cityscapes": 19}.get(self.data.dataset, 0)
+        return NUM_CLASSES.get(self.data.dataset, 0)
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:

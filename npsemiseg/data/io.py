@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from npsemiseg.data.labels import IGNORE
 from npsemiseg.errors import UserError, one_line
 from npsemiseg.fileio import atomic_path
 
-IGNORE = 255  # boundaries / void: never a training target
-PAD = 254  # padding of unlabelled crops (never ground truth)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
