@@ -98,7 +98,6 @@ class TrainConfig:
     log_every: int = 10
     val_mode: str = "original"  # original | center_crop | sliding_window
     eval_model: str = "teacher"  # teacher | student
-    fail_at_step: int = -1  # fault injection (Ray Train): one rank raises once at the first report at/after this step
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch import nn
 
 from npsemiseg.config import Config
 from npsemiseg.engine.checkpoint import capture_rng, restore_rng
-from npsemiseg.engine.context import RunContext
+from npsemiseg.engine.context import RunContext, use_sync_bn
 from npsemiseg.engine.ema import ema_decay, ema_update, make_teacher
 from npsemiseg.engine.losses import PAD, ce_loss, cutmix, masked_ce_loss, ohem_ce_loss, pseudo_labels
 from npsemiseg.engine.schedule import PolyLR, build_optimizer
@@ -57,7 +57,7 @@ def build_state(cfg: Config, ctx: RunContext | None = None, num_classes: int | N
     if n_cls < 2:
         raise ConfigError("data.num_classes: unknown number of classes (set data.num_classes)")
     model = build_model(cfg.model, n_cls).to(ctx.device)
-    if cfg.train.sync_bn and ctx.world_size > 1 and ctx.device.type == "cuda":
+    if use_sync_bn(cfg, ctx.device, ctx.world_size):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     teacher = make_teacher(model)
     optimizer = build_optimizer(model, cfg.train)
