@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from npsemiseg.data.labels import NUM_CLASSES
-from npsemiseg.errors import ConfigError
+from npsemiseg.errors import ConfigError, one_line
 
 DATASETS = ("voc", "cityscapes", "list")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -283,7 +283,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dic
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{p}: invalid YAML ({one_line(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     return data
