@@ -51,7 +51,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone, decoder and head (spec sections 2-3)."""
+    """Backbone, decoder and head (docs/method.md §2-§3)."""
 
     backbone: str = "resnet50"
     width: int = 64  # base width of the ResNet (64 = torchvision; 16 for a narrow test/demo net)
@@ -73,7 +73,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The one training loop (spec section 4)."""
+    """The one training loop (docs/method.md §4)."""
 
     iters: int = 1000  # optimiser steps in total
     semi: bool = True  # False = supervised-only baseline (same loop, unlabelled term off)

@@ -6,8 +6,8 @@
 - otherwise (the CPU demo): always a fresh local instance (``address="local"``), so a leftover
   ``/tmp/ray/ray_current_cluster`` can never attach the demo to a stranger's cluster.
 
-The dashboard stays on (an ASHA-stopped Train run's clean-up needs it; see ARCHITECTURE.md) and is bound to
-127.0.0.1 unless the user asks otherwise.
+The dashboard stays on (an ASHA-stopped Train run's clean-up needs it; see ``distributed/connect.py``) and is
+bound to 127.0.0.1 unless the user asks otherwise.
 """
 from __future__ import annotations
 
