@@ -24,6 +24,8 @@ HEADS = ("np", "plain", "mcdropout")
 NP_MODES = ("intended", "released")
 TEST_LATENTS = ("posterior", "prior")
 VAL_MODES = ("original", "center_crop", "sliding_window")
+# Keys earlier versions wrote into checkpoints and exports; skipped when read back so those still load.
+RETIRED_KEYS = frozenset({"train.fail_at_step"})  # now the NPSEMISEG_FAIL_AT_STEP environment variable
 
 
 @dataclass
@@ -167,6 +169,8 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
     names = {f.name for f in fields(obj)}
     for k, v in data.items():
         key = f"{prefix}{k}"
+        if key in RETIRED_KEYS:
+            continue
         if k not in names:
             raise ConfigError(f"{key}: unknown config key")
         cur = getattr(obj, k)
