@@ -1,52 +1,41 @@
-"""`npsemiseg` command line: one argparse tree, subcommands registered by each layer.
+"""`npsemiseg` command line: one argparse tree, composed here from each layer's commands, bottom-up.
 
-Each layer owns a small ``cli`` module with ``register(subparsers)`` that adds its subcommands and sets
-``func(args) -> int``. Errors a user can cause (``UserError``) become one line on stderr and exit code 2.
+    data/cli.py         make-demo-data, cityscapes-trainids, make-splits
+    engine/cli.py       train, evaluate, predict, export            (single process, no Ray)
+    distributed/cli.py  train --num-workers N / --ray ...           (Ray Train around the engine's train)
+    tune/cli.py         sweep, sweep-summary; export --experiment   (Ray Tune + Optuna)
+
+A layer's ``cli`` module imports neither Ray nor Optuna at import time (they load when a command that needs them
+runs), and never a layer above it. Errors a user can cause (``UserError``) become one line on stderr, exit 2.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from npsemiseg.errors import UserError, one_line
-
-# Layers that contribute subcommands, bottom-up. A module that is missing (layer not built yet) is skipped.
-COMMAND_MODULES = (
-    "npsemiseg.data.cli",
-    "npsemiseg.engine.cli",
-    "npsemiseg.distributed.cli",
-    "npsemiseg.tune.cli",
-)
+from npsemiseg.data import cli as data_cli
+from npsemiseg.distributed import cli as distributed_cli
+from npsemiseg.engine import cli as engine_cli
+from npsemiseg.errors import run_guarded
+from npsemiseg.tune import cli as tune_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every layer's subcommands."""
     parser = argparse.ArgumentParser(prog="npsemiseg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
-        module.register(sub)
+    data_cli.register(sub)
+    engine_cli.register(sub)
+    distributed_cli.register(sub)  # extends engine's train
+    tune_cli.register(sub)
+    tune_cli.register_export(sub)  # extends engine's export
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"npsemiseg: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("npsemiseg: interrupted", file=sys.stderr)
-        return 130
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda: args.func(args), "npsemiseg")
 
 
 if __name__ == "__main__":  # pragma: no cover

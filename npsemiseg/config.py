@@ -15,7 +15,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from npsemiseg.errors import ConfigError
+from npsemiseg.data.labels import NUM_CLASSES
+from npsemiseg.errors import ConfigError, one_line
 
 DATASETS = ("voc", "cityscapes", "list")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -23,6 +24,8 @@ HEADS = ("np", "plain", "mcdropout")
 NP_MODES = ("intended", "released")
 TEST_LATENTS = ("posterior", "prior")
 VAL_MODES = ("original", "center_crop", "sliding_window")
+# Keys earlier versions wrote into checkpoints and exports; skipped when read back so those still load.
+RETIRED_KEYS = frozenset({"train.fail_at_step"})  # now the NPSEMISEG_FAIL_AT_STEP environment variable
 
 
 @dataclass
@@ -37,7 +40,7 @@ class DataConfig:
     labelled_list: str = ""  # dataset=list: "image [mask]" per line
     unlabelled_list: str = ""  # dataset=list: "image" per line
     val_list: str = ""  # dataset=list: "image mask" per line
-    num_classes: int = 0  # 0 = from the dataset (voc 21, cityscapes 19); required for dataset=list
+    num_classes: int = 0  # 0 = from the dataset (data/labels.py: voc 21, cityscapes 19); required for dataset=list
     crop_size: int = 321
     scale_min: float = 0.5
     scale_max: float = 2.0
@@ -50,7 +53,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone, decoder and head (spec sections 2-3)."""
+    """Backbone, decoder and head (docs/method.md §2-§3)."""
 
     backbone: str = "resnet50"
     width: int = 64  # base width of the ResNet (64 = torchvision; 16 for a narrow test/demo net)
@@ -72,7 +75,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The one training loop (spec section 4)."""
+    """The one training loop (docs/method.md §4)."""
 
     iters: int = 1000  # optimiser steps in total
     semi: bool = True  # False = supervised-only baseline (same loop, unlabelled term off)
@@ -97,7 +100,6 @@ class TrainConfig:
     log_every: int = 10
     val_mode: str = "original"  # original | center_crop | sliding_window
     eval_model: str = "teacher"  # teacher | student
-    fail_at_step: int = -1  # fault injection (Ray Train): one rank raises once at the first report at/after this step
 
 
 @dataclass
@@ -123,7 +125,7 @@ class Config:
         """Classes of the configured dataset."""
         if self.data.num_classes:
             return self.data.num_classes
-        return {"voc": 21, "cityscapes": 19}.get(self.data.dataset, 0)
+        return NUM_CLASSES.get(self.data.dataset, 0)
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -167,6 +169,8 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str) -> None:
     names = {f.name for f in fields(obj)}
     for k, v in data.items():
         key = f"{prefix}{k}"
+        if key in RETIRED_KEYS:
+            continue
         if k not in names:
             raise ConfigError(f"{key}: unknown config key")
         cur = getattr(obj, k)
@@ -283,7 +287,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dic
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{p}: invalid YAML ({one_line(e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     return data

@@ -1,8 +1,11 @@
-"""The one exception type for mistakes a user can make (paths, files, config values).
+"""The one exception type for mistakes a user can make (paths, files, config values), and how commands show it.
 
 The CLI turns it into a single line on stderr and exit code 2; everything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -16,17 +19,37 @@ class ConfigError(UserError):
     """An invalid configuration key or value (the message starts with the dotted key)."""
 
 
-def one_line(err: BaseException | str) -> str:
-    """The user-facing line of an error (or its message), also when a DataLoader worker re-raised it.
+def _reraised(lines: list[str], text: str) -> bool:
+    """Whether ``text`` is another process's traceback wrapped around the real message (on its last line)."""
+    torch_worker = lines[0].startswith("Caught ") and "Original Traceback" in text
+    ray_task = "ray::" in lines[0] and "pid=" in lines[0] and len(lines) > 1
+    return torch_worker or ray_task
 
-    torch re-creates a worker's exception as ``type(msg)`` with msg = "Caught X in DataLoader worker ...
-    Original Traceback ... <module>.X: <message>"; the message is recovered from that last line.
+
+def one_line(err: BaseException | str) -> str:
+    """The user-facing line of an error (or its message), also when another process re-raised it.
+
+    torch re-creates a DataLoader worker's exception as ``type(msg)`` with msg = "Caught X in DataLoader worker
+    ... Original Traceback ... <module>.X: <message>"; Ray's task errors read "ray::<task>() (pid=..., ip=...)",
+    the traceback, then "<module>.X: <message>". The message is recovered from that last line.
     """
     text = err if isinstance(err, str) else str(err)
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         return text if isinstance(err, str) else type(err).__name__
-    if lines[0].startswith("Caught ") and "Original Traceback" in text:
+    if _reraised(lines, text):
         head, sep, tail = lines[-1].partition(": ")
         return tail if sep and "Error" in head else lines[-1]
     return lines[0]
+
+
+def run_guarded(command: Callable[[], int | None], prog: str, interrupted: str = "interrupted") -> int:
+    """Run a command's body: its exit code, or 2 with ``prog: error: <one line>`` for a UserError, 130 on Ctrl-C."""
+    try:
+        return int(command() or 0)
+    except UserError as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
-PAD = 254
+from npsemiseg.data.labels import IGNORE, PAD
+
 ReduceFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 

@@ -74,8 +74,8 @@ def ray_session():
     os.environ.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="npss_ray_", dir="/tmp")
     # A pinned GCS port keeps Ray Train's clean-up threads attached to THIS instance even while a test runs a
-    # second Ray instance in a subprocess (fake cluster, SIGKILL/resume sweep); see tune/session.py.
-    from npsemiseg.tune.session import pinned_local_address
+    # second Ray instance in a subprocess (fake cluster, SIGKILL/resume sweep); see distributed/connect.py.
+    from npsemiseg.distributed.connect import pinned_local_address
 
     with pinned_local_address():
         ray.init(

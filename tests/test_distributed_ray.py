@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from npsemiseg.config import Config, apply_overrides, config_from_dict
-from npsemiseg.distributed.context import CHECKPOINT_FILE, RayContext
+from npsemiseg.distributed.context import CHECKPOINT_FILE, FAIL_AT_STEP_ENV, RayContext
 from npsemiseg.distributed.trainer import build_trainer, read_report_log
 from npsemiseg.engine.context import RunContext
 
@@ -62,11 +62,11 @@ def faulty_run(ray_session, demo_root: Path, tmp_path_factory: pytest.TempPathFa
 
     tmp = tmp_path_factory.mktemp("faulty")
     over = dict(TINY_OVERRIDES, **{"data.root": str(demo_root / "voc"), "out_dir": str(tmp / "run"),
-                                   "device": "cpu", "name": "faulty", "train.iters": 6, "train.eval_every": 2,
-                                   "train.fail_at_step": 3})
+                                   "device": "cpu", "name": "faulty", "train.iters": 6, "train.eval_every": 2})
     cfg = apply_overrides(Config(), over)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as mp:
+        mp.setenv(FAIL_AT_STEP_ENV, "3")
         metrics = run_distributed(cfg, num_workers=2, use_gpu=False, storage_path=str(tmp / "store"),
                                   max_failures=1)
     run_dir = tmp / "store" / "faulty"
@@ -103,7 +103,7 @@ def test_fault_injection_restarts_from_checkpoint_without_step_gaps(faulty_run):
     log = faulty_run["log"]
     assert [r["event"] for r in log] == ["report", "failure", "report", "report"]
     failure = log[1]["errors"]
-    assert list(failure) == ["1"] and "fail_at_step=3" in failure["1"]  # rank 1 raised, once
+    assert list(failure) == ["1"] and f"{FAIL_AT_STEP_ENV}=3" in failure["1"]  # rank 1 raised, once
     assert _steps(log) == [2, 4, 6]  # resumed from step 2's checkpoint: step 4 comes once, nothing repeats
     assert all(r["checkpoint"] for r in log if r["event"] == "report")  # every report carried one
     assert (faulty_run["run_dir"] / "fault_injected_step3").is_file()

@@ -12,16 +12,17 @@ from torch import nn
 
 from npsemiseg.config import Config, apply_overrides
 from npsemiseg.distributed.context import (
+    DDP_KWARGS,
+    FAIL_AT_STEP_ENV,
     FaultInjector,
     RayContext,
-    ShardSampler,
     choose_backend,
     clean_checkpoint,
-    ddp_kwargs,
+    fail_at_step_from_env,
     scalar_metrics,
     strip_module_prefix,
-    use_sync_bn,
 )
+from npsemiseg.engine.context import use_sync_bn
 
 
 def test_backend_choice() -> None:
@@ -53,13 +54,13 @@ TINY_MODEL = {"model.backbone": "resnet18", "model.width": 8, "model.aspp_channe
     {"model.head": "plain"}, {"model.head": "mcdropout"},
 ], ids=["np-semi", "np-sup", "np-released", "np-no-kl", "plain", "mcdropout"])
 def test_every_parameter_gets_a_gradient_so_ddp_needs_no_unused_search(over: dict) -> None:
-    """``ddp_kwargs`` turns find_unused_parameters off; that is only valid while no parameter is left out of a
+    """``DDP_KWARGS`` turns find_unused_parameters off; that is only valid while no parameter is left out of a
     step's backward pass (two steps: the first with empty banks, the second with filled ones)."""
     from npsemiseg.engine.context import RunContext
     from npsemiseg.engine.step import build_state, train_step
 
     cfg = apply_overrides(Config(), {**TINY_MODEL, **over})
-    assert ddp_kwargs(cfg) == {"find_unused_parameters": False}
+    assert DDP_KWARGS == {"find_unused_parameters": False}
     torch.manual_seed(0)
     state = build_state(cfg, RunContext("cpu"), num_classes=5)
     s = cfg.data.crop_size
@@ -104,19 +105,11 @@ def test_scalar_metrics_converts_tensors() -> None:
     assert all(not isinstance(v, torch.Tensor) for v in out.values())
 
 
-@pytest.mark.parametrize(("n", "world"), [(7, 2), (5, 3), (1, 2), (4, 4)])
-def test_shard_sampler_partitions_without_padding(n: int, world: int) -> None:
-    data = list(range(n))
-    shards = [list(ShardSampler(data, r, world)) for r in range(world)]
-    assert sorted(i for s in shards for i in s) == data
-    assert [len(ShardSampler(data, r, world)) for r in range(world)] == [len(s) for s in shards]
-
-
 def test_fault_injector_fires_once_with_marker(tmp_path) -> None:
     """Outside Ray the marker falls back to out_dir; a second injector (a restarted worker) does not fire."""
     first = FaultInjector(3, rank=1, world_size=2, out_dir=str(tmp_path))
     first.maybe_fail(2)  # before the step: nothing
-    with pytest.raises(RuntimeError, match="fail_at_step=3"):
+    with pytest.raises(RuntimeError, match=f"{FAIL_AT_STEP_ENV}=3"):
         first.maybe_fail(4)  # first report at or after step 3
     marker = tmp_path / "fault_injected_step3"
     assert marker.is_file() and "step=4" in marker.read_text()
@@ -126,6 +119,28 @@ def test_fault_injector_fires_once_with_marker(tmp_path) -> None:
     FaultInjector(3, rank=0, world_size=2, out_dir=str(tmp_path / "other")).maybe_fail(5)  # not the failing rank
     FaultInjector(-1, rank=0, world_size=1, out_dir=str(tmp_path / "off")).maybe_fail(10)  # disabled
     assert not (tmp_path / "other").exists() and not (tmp_path / "off").exists()
+
+
+def test_fault_step_comes_from_the_environment_only(monkeypatch, tmp_path) -> None:
+    """Not a user setting: no config key; the driver reads NPSEMISEG_FAIL_AT_STEP and hands it to the workers."""
+    from npsemiseg.config import config_from_dict
+    from npsemiseg.distributed.trainer import build_trainer
+    from npsemiseg.errors import UserError
+
+    assert not hasattr(Config().train, "fail_at_step")
+    old = Config().to_dict()
+    old["train"]["fail_at_step"] = -1  # what checkpoints and exports of earlier versions hold: still loads
+    assert config_from_dict(old) == Config()
+    monkeypatch.delenv(FAIL_AT_STEP_ENV, raising=False)
+    assert fail_at_step_from_env() == -1
+    kw = {"num_workers": 1, "use_gpu": False, "storage_path": str(tmp_path), "name": "x"}
+    assert "fail_at_step" not in build_trainer(Config(), **kw).train_loop_config
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
+    assert fail_at_step_from_env() == 3
+    assert build_trainer(Config(), **kw).train_loop_config["fail_at_step"] == 3
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "three")
+    with pytest.raises(UserError, match=FAIL_AT_STEP_ENV):
+        fail_at_step_from_env()
 
 
 def test_build_trainer_configuration(tmp_path) -> None:
@@ -158,19 +173,50 @@ def test_build_trainer_configuration(tmp_path) -> None:
 
 def test_cluster_address(monkeypatch) -> None:
     """RAY_ADDRESS wins; otherwise only a live `ray start` cluster (address file + running GCS) is joined."""
-    from npsemiseg.distributed import launch
+    from npsemiseg.distributed.connect import cluster_address
 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert launch.cluster_address() == "auto"
+    assert cluster_address() == "auto"
     monkeypatch.delenv("RAY_ADDRESS")
     svc = "ray._private.services"
     monkeypatch.setattr(f"{svc}.find_bootstrap_address", lambda temp_dir: "127.0.0.1:6379")
     monkeypatch.setattr(f"{svc}.find_gcs_addresses", lambda: set())  # stale address file: dead cluster
-    assert launch.cluster_address() == "local"
+    assert cluster_address() == "local"
     monkeypatch.setattr(f"{svc}.find_gcs_addresses", lambda: {"127.0.0.1:6379", "127.0.0.1:7000"})
-    assert launch.cluster_address() == "127.0.0.1:6379"
+    assert cluster_address() == "127.0.0.1:6379"
     monkeypatch.setattr(f"{svc}.find_bootstrap_address", lambda temp_dir: None)  # only private ray.init()s
-    assert launch.cluster_address() == "local"
+    assert cluster_address() == "local"
+
+
+def test_connect_policy_without_starting_ray(monkeypatch) -> None:
+    """One policy for train and sweeps: explicit address / RAY_ADDRESS, then (if allowed) a live local cluster,
+    else a fresh local instance started with its GCS address pinned in the environment."""
+    import ray
+
+    from npsemiseg.distributed import connect as c
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append({**kw, "env": os.environ.get("RAY_ADDRESS")}))
+    monkeypatch.setattr(c, "dashboard_url", lambda: "http://127.0.0.1:8265")
+    monkeypatch.setattr(c, "cluster_address", lambda: "10.0.0.5:6379")  # a live `ray start` cluster here
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert c.connect(join_local_cluster=True) == "http://127.0.0.1:8265"
+    assert calls[-1]["address"] == "10.0.0.5:6379"  # train: joins it
+    c.connect(join_local_cluster=False, num_cpus=4, log_to_driver=False)  # the CPU demo sweep: never
+    last = calls[-1]
+    assert (last["address"], last["num_cpus"], last["include_dashboard"], last["dashboard_host"]) == (
+        "local", 4, True, "127.0.0.1")
+    assert last["env"] and last["log_to_driver"] is False and "RAY_ADDRESS" not in os.environ  # pinned, restored
+    monkeypatch.setenv("RAY_ADDRESS", "1.2.3.4:6379")
+    c.connect(join_local_cluster=False)
+    assert calls[-1]["address"] == "1.2.3.4:6379"
+    c.connect("ray://head:10001")
+    assert calls[-1]["address"] == "ray://head:10001"
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    n = len(calls)
+    c.connect("ray://other:10001")
+    assert len(calls) == n  # already connected: kept
 
 
 def test_absolute_paths_for_workers(tmp_path, monkeypatch) -> None:

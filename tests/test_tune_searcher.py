@@ -144,7 +144,7 @@ def test_training_time_continues_across_restores(monkeypatch) -> None:
     from npsemiseg.tune import worker as T
 
     sent = []
-    monkeypatch.setattr(RayContext, "__init__", lambda self, cfg: None)
+    monkeypatch.setattr(RayContext, "__init__", lambda self, cfg, fail_at_step=-1: None)
     monkeypatch.setattr(RayContext, "resume_state", lambda self: {"step": 20, T.CKPT_TRAIN_TIME: 100.0})
     monkeypatch.setattr(RayContext, "report", lambda self, m, c=None: sent.append((m, c)))
     ctx = T.TimedContext(cfg=None)

@@ -46,16 +46,6 @@ def test_parse_good_space(tmp_path: Path) -> None:
     assert space.asha == {"grace_period": 10}
 
 
-def test_grid_values(tmp_path: Path) -> None:
-    space = load_space(_write(tmp_path, GOOD))
-    by = {p.key: p for p in space.params}
-    assert by["train.conf_threshold"].grid(3) == [0.5, 0.725, 0.95]
-    lr = by["train.lr"].grid(3)
-    assert lr[0] == pytest.approx(0.001) and lr[1] == pytest.approx(0.01) and lr[2] == pytest.approx(0.1)
-    assert by["model.bank_capacity"].grid(3) == [64, 256, 1024]
-    assert by["model.latent_dim"].grid(2) == [8, 16, 32]
-
-
 @pytest.mark.parametrize("params, match", [
     ("train.conf_threshold: {type: float, low: 0.5, high: 1.5}", r"params\.train\.conf_threshold: value 1\.5"),
     ("train.nope: {type: float, low: 0.1, high: 0.2}", r"params\.train\.nope: .*unknown config key"),

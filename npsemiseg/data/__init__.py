@@ -10,9 +10,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "TrainData": "build", "build_datasets": "build", "convert_trainids": "cityscapes", "IGNORE": "io", "PAD": "io",
-    "DataError": "io", "loader_seed_kwargs": "seeding", "make_generator": "seeding", "seed_worker": "seeding",
-    "PROTOCOLS": "splits", "SplitInfo": "splits", "get_protocol": "splits", "make_demo_data": "synthetic",
+    "TrainData": "build", "build_datasets": "build", "convert_trainids": "cityscapes", "DataError": "io",
+    "IGNORE": "labels", "NUM_CLASSES": "labels", "PAD": "labels", "loader_seed_kwargs": "seeding",
+    "make_generator": "seeding", "seed_worker": "seeding", "PROTOCOLS": "splits", "SplitInfo": "splits",
+    "get_protocol": "splits", "make_demo_data": "synthetic",
 }
 __all__ = sorted(_EXPORTS)
 

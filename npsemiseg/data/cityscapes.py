@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npsemiseg.data.io import IGNORE, read_mask, save_mask
+from npsemiseg.data.io import read_mask, save_mask
+from npsemiseg.data.labels import IGNORE, NUM_CLASSES
 from npsemiseg.data.tree import DataTree, Sample
 from npsemiseg.errors import UserError
 
@@ -89,7 +90,7 @@ class CityscapesTree(DataTree):
     """Samples of a Cityscapes tree (train pool = the ``train`` split, val = ``val``)."""
 
     name = "cityscapes"
-    num_classes = 19
+    num_classes = NUM_CLASSES["cityscapes"]
 
     def __init__(self, root: str | os.PathLike) -> None:
         super().__init__(_check_root(root))

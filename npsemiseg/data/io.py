@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from npsemiseg.data.labels import IGNORE
 from npsemiseg.errors import UserError, one_line
 from npsemiseg.fileio import atomic_path
 
-IGNORE = 255  # boundaries / void: never a training target
-PAD = 254  # padding of unlabelled crops (never ground truth)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -36,11 +35,6 @@ class DataError(UserError):
         super().__init__(message)
 
 
-def _why(e: BaseException) -> str:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return msg
-
-
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image fully (so truncation is caught here) as H x W x 3 uint8 RGB."""
     p = Path(path)
@@ -51,7 +45,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{p}: image not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{p}: cannot read image ({_why(e)})") from None
+        raise DataError(f"{p}: cannot read image ({one_line(e)})") from None
     return arr
 
 
@@ -70,7 +64,7 @@ def read_mask(path: str | os.PathLike, num_classes: int | None = None) -> np.nda
     except FileNotFoundError:
         raise DataError(f"{p}: mask not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{p}: cannot read mask ({_why(e)})") from None
+        raise DataError(f"{p}: cannot read mask ({one_line(e)})") from None
     if mode not in ("P", "L", "I", "I;16", "1"):
         raise DataError(f"{p}: mask has mode {mode}; expected a palette or grayscale index PNG (class ids)")
     if arr.ndim != 2:
@@ -101,7 +95,7 @@ def image_size(path: str | os.PathLike, kind: str = "image") -> tuple[int, int]:
     except FileNotFoundError:
         raise DataError(f"{p}: {kind} not found") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{p}: cannot read {kind} ({_why(e)})") from None
+        raise DataError(f"{p}: cannot read {kind} ({one_line(e)})") from None
     return h, w
 
 

@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from npsemiseg.data.cityscapes import LABELID_TO_TRAINID, convert_trainids
-from npsemiseg.data.io import IGNORE, voc_palette
+from npsemiseg.data.io import voc_palette
+from npsemiseg.data.labels import IGNORE
 from npsemiseg.data.voc import VOC_CLASSES
 from npsemiseg.errors import UserError
 from npsemiseg.fileio import atomic_dir

@@ -20,7 +20,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2._utils import query_size
 
-from npsemiseg.data.io import IGNORE, IMAGENET_MEAN, IMAGENET_STD, PAD
+from npsemiseg.data.io import IMAGENET_MEAN, IMAGENET_STD
+from npsemiseg.data.labels import IGNORE, PAD
 
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from npsemiseg.data.labels import NUM_CLASSES
 from npsemiseg.data.tree import DataTree, Sample
 from npsemiseg.errors import UserError
 
@@ -52,7 +53,7 @@ class VOCTree(DataTree):
     """Samples of a VOC 2012 (+ SBD) tree."""
 
     name = "voc"
-    num_classes = 21
+    num_classes = NUM_CLASSES["voc"]
 
     def __init__(self, root: str | os.PathLike) -> None:
         super().__init__(find_voc_base(root))

@@ -2,7 +2,8 @@
 
 - ``context.RayContext``: the RunContext inside a worker (DDP, bank all-gather, reports, resume, faults).
 - ``trainer.build_trainer`` / ``trainer.train_loop_per_worker``: the TorchTrainer factory and worker entry.
-- ``launch.run_distributed``: what ``npsemiseg train --num-workers N`` calls on the driver.
+- ``launch.run_distributed``: what ``npsemiseg train --num-workers N`` (``cli.py``) calls on the driver.
+- ``connect.connect``: the one policy for joining or starting Ray (train and sweeps).
 
 Names are resolved lazily so ``import npsemiseg.distributed`` does not import Ray.
 """
@@ -16,6 +17,7 @@ _EXPORTS = {
     "train_loop_per_worker": "npsemiseg.distributed.trainer",
     "ReportLog": "npsemiseg.distributed.trainer",
     "run_distributed": "npsemiseg.distributed.launch",
+    "connect": "npsemiseg.distributed.connect",
 }
 
 __all__ = list(_EXPORTS)

@@ -4,7 +4,8 @@ It maps the loop's needs onto Ray Train V2 and ``torch.distributed``: rank/world
 ``ray.train.get_context()``, the worker's device, DDP via ``ray.train.torch.prepare_model`` (optionally with
 SyncBatchNorm), variable-length all-gather for memory-bank rows, all-reduce for confusion matrices, metrics and
 checkpoints through ``ray.train.report`` and resume through ``ray.train.get_checkpoint``. It also owns the fault
-injection switch ``train.fail_at_step`` (see ``FaultInjector``).
+injection used by the tests (``NPSEMISEG_FAIL_AT_STEP``, see ``FaultInjector``). SyncBatchNorm is decided where the
+model is built (``engine.context.use_sync_bn`` in ``engine.step.build_state``), not here.
 """
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from npsemiseg.config import Config
+from npsemiseg.engine.checkpoint import load_checkpoint
 from npsemiseg.engine.context import RunContext
+from npsemiseg.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 STATE_DICT_KEYS = ("model", "teacher")  # checkpoint entries that hold module state dicts
+# Fault injection for tests (not a training setting): the step at which one rank raises once; read by
+# ``fail_at_step_from_env`` on the driver (``trainer.build_trainer``), which hands it to the workers.
+FAIL_AT_STEP_ENV = "NPSEMISEG_FAIL_AT_STEP"
 
 
 def choose_backend(use_gpu: bool) -> str:
@@ -31,20 +36,11 @@ def choose_backend(use_gpu: bool) -> str:
     return "nccl" if use_gpu else "gloo"
 
 
-def use_sync_bn(cfg: Config, device: torch.device, world_size: int) -> bool:
-    """SyncBatchNorm only when asked for, on CUDA, with more than one rank (it has no CPU kernel)."""
-    return bool(cfg.train.sync_bn) and device.type == "cuda" and world_size > 1
-
-
-def ddp_kwargs(cfg: Config) -> dict[str, Any]:
-    """DistributedDataParallel options for this model.
-
-    ``find_unused_parameters`` stays off: although the NP head's query path reads ``F.detach()``, every
-    parameter still gets a gradient on every step (phi through the sampled latent and the KL term, the backbone
-    through F into the decoder), for every head and mode; ``tests/test_distributed_unit.py`` checks this, so DDP
-    can skip the extra autograd-graph traversal that the flag costs each step.
-    """
-    return {"find_unused_parameters": False}
+# DistributedDataParallel options. ``find_unused_parameters`` stays off: although the NP head's query path reads
+# ``F.detach()``, every parameter still gets a gradient on every step (phi through the sampled latent and the KL
+# term, the backbone through F into the decoder), for every head and mode; ``tests/test_distributed_unit.py``
+# checks this, so DDP can skip the extra autograd-graph traversal that the flag costs each step.
+DDP_KWARGS: dict[str, Any] = {"find_unused_parameters": False}
 
 
 def strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
@@ -75,30 +71,19 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class ShardSampler(Sampler[int]):
-    """Deterministic, non-padding shard of ``range(len(dataset))`` for evaluation.
-
-    ``DistributedSampler`` pads shards to equal length by repeating images, which would count them twice in a
-    summed confusion matrix; here rank r takes indices r, r + W, r + 2W, ... so the shards partition the set.
-    """
-
-    def __init__(self, dataset: Dataset, rank: int, world_size: int) -> None:
-        self.n = len(dataset)  # type: ignore[arg-type]
-        self.rank = rank
-        self.world_size = world_size
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
-
-    def set_epoch(self, epoch: int) -> None:
-        """No-op (kept so loops may call it on any sampler)."""
+def fail_at_step_from_env() -> int:
+    """``NPSEMISEG_FAIL_AT_STEP`` as a step (-1 = off when unset or empty)."""
+    raw = os.environ.get(FAIL_AT_STEP_ENV, "").strip()
+    if not raw:
+        return -1
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"{FAIL_AT_STEP_ENV}: expected an integer step, got {raw!r}") from None
 
 
 class FaultInjector:
-    """``train.fail_at_step = S``: one rank raises once, at the first report with ``step >= S``.
+    """``NPSEMISEG_FAIL_AT_STEP=S``: one rank raises once, at the first report with ``step >= S``.
 
     The marker file lives in the run's storage (local dir, NFS or object store, through the storage filesystem
     Ray Train uses) so the restarted worker group, possibly on another node, sees that the fault already
@@ -138,13 +123,13 @@ class FaultInjector:
         self.fs.create_dir(parent, recursive=True)
         with self.fs.open_output_stream(self.path) as f:
             f.write(f"step={step} time={time.time():.3f}\n".encode())
-        raise RuntimeError(f"fault injection: train.fail_at_step={self.fail_at_step} reached at step {step}")
+        raise RuntimeError(f"fault injection: {FAIL_AT_STEP_ENV}={self.fail_at_step} reached at step {step}")
 
 
 class RayContext(RunContext):
     """RunContext for a Ray Train worker (Train V2): one rank of a data-parallel run."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, fail_at_step: int = -1) -> None:
         import ray.train
         import ray.train.torch
 
@@ -159,40 +144,25 @@ class RayContext(RunContext):
             device = torch.device("cpu")
         self.device = device
         self.distributed = self.world_size > 1 and dist.is_available() and dist.is_initialized()
-        self.faults = FaultInjector(cfg.train.fail_at_step, self.rank, self.world_size, cfg.out_dir)
+        self.faults = FaultInjector(fail_at_step, self.rank, self.world_size, cfg.out_dir)
         self.reports: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------- model and data
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """Move to the worker's device; with several ranks, SyncBN (if asked, CUDA) and DDP.
+        """Move to the worker's device and, with several ranks, wrap in DDP.
 
         Memory-bank buffers of the NP head are excluded from DDP's buffer broadcast: the loop keeps them equal
         on every rank through ``all_gather_rows`` and broadcasting megabytes of banks each forward is waste.
         """
         import ray.train.torch
 
-        has_sync = any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
-        if use_sync_bn(self.cfg, self.device, self.world_size) and not has_sync:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if self.world_size > 1:
             ignore = _np_head_buffer_names(model)
             if ignore:
                 torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
         return ray.train.torch.prepare_model(
-            model, move_to_device=self.device, parallel_strategy="ddp", parallel_strategy_kwargs=ddp_kwargs(self.cfg)
+            model, move_to_device=self.device, parallel_strategy="ddp", parallel_strategy_kwargs=DDP_KWARGS
         )
-
-    def make_sampler(self, dataset: Dataset, shuffle: bool, seed: int) -> Sampler | None:
-        """Training (``shuffle=True``): ``DistributedSampler`` (call ``set_epoch`` each epoch).
-
-        Evaluation (``shuffle=False``): ``ShardSampler``, an exact partition so summed confusion matrices count
-        every image once.
-        """
-        if self.world_size == 1:
-            return None
-        if shuffle:
-            return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed)
-        return ShardSampler(dataset, self.rank, self.world_size)
 
     # ----------------------------------------------------------------- collectives
     def _comm_device(self) -> torch.device:
@@ -270,14 +240,14 @@ class RayContext(RunContext):
             )
 
     def resume_state(self) -> dict[str, Any] | None:
-        """The latest reported checkpoint (all ranks read the same one), loaded with ``weights_only=True``."""
+        """The latest reported checkpoint (all ranks read the same one), read by ``engine.checkpoint``'s loader."""
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            state = load_checkpoint_file(Path(d) / CHECKPOINT_FILE)
+            state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
         per_rank = state.get("rng_per_rank")
         if isinstance(per_rank, list) and len(per_rank) == self.world_size:
             state["rng"] = per_rank[self.rank]
@@ -290,11 +260,6 @@ class RayContext(RunContext):
         out: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(rng, out, dst=0)
         return out
-
-
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a ``checkpoint.pt`` written by ``RayContext.report`` onto the CPU, tensors and primitives only."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _np_head_buffer_names(model: nn.Module) -> list[str]:

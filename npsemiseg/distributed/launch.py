@@ -2,54 +2,16 @@
 
     npsemiseg train --config configs/demo.yaml --num-workers 2 --storage-path /tmp/npss_runs
 
-``npsemiseg train`` (engine/cli.py) calls ``run_distributed`` when ``--num-workers`` > 1 or ``--use-gpu``.
+``npsemiseg train`` (distributed/cli.py) calls ``run_distributed`` when ``--num-workers`` > 1 or ``--ray``; Ray is
+found or started by ``distributed.connect.connect`` (the policy the sweeps use too).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from npsemiseg.config import Config
-from npsemiseg.errors import UserError
-
-
-def cluster_address() -> str:
-    """Where to run: ``"auto"`` when ``RAY_ADDRESS`` is set, the address of a live cluster started on this node
-    with ``ray start`` (recorded in ``/tmp/ray/ray_current_cluster``), else ``"local"`` (a fresh instance).
-
-    Only a ``ray start`` cluster counts: a bare ``ray.init()`` would also attach to a stale address file left by a
-    dead cluster, or to another program's private ``ray.init`` instance on a shared machine.
-    """
-    if os.environ.get("RAY_ADDRESS"):
-        return "auto"
-    try:
-        from ray._private.services import find_bootstrap_address, find_gcs_addresses
-
-        recorded = find_bootstrap_address(None)
-        if recorded and recorded in find_gcs_addresses():
-            return recorded
-    except Exception:  # noqa: BLE001 - private helpers moved: fall back to a local instance
-        pass
-    return "local"
-
-
-def ensure_ray(num_cpus: int | None = None) -> str | None:
-    """Initialise Ray once per process (see ``cluster_address``); returns the dashboard URL when there is one."""
-    import ray
-
-    if ray.is_initialized():
-        return None
-    address = cluster_address()
-    if address == "local":
-        info = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                        configure_logging=False)
-    else:
-        info = ray.init(address=address, configure_logging=False)
-    url = getattr(info, "dashboard_url", None) or None
-    if url:
-        print(f"Ray dashboard: {url if '://' in url else 'http://' + url}", flush=True)
-    return url
+from npsemiseg.errors import UserError, one_line
 
 
 def user_error_in(exc: BaseException) -> UserError | None:
@@ -85,9 +47,12 @@ def run_distributed(
     """
     from ray.train import TrainingFailedError
 
+    from npsemiseg.distributed.connect import connect
     from npsemiseg.distributed.trainer import ReportLog, build_trainer
 
-    ensure_ray()
+    url = connect(join_local_cluster=True)
+    if url:
+        print(f"Ray dashboard: {url}", flush=True)
     storage = storage_path or default_storage(cfg)
     report_log = Path(cfg.out_dir).resolve() / "ray_reports.jsonl"
     trainer = build_trainer(
@@ -104,8 +69,7 @@ def run_distributed(
         err = user_error_in(e)
         if err is None:
             raise
-        lines = str(err).strip().splitlines() or ["a worker failed"]
-        raise UserError(lines[0] if len(lines) == 1 else lines[-1]) from None
+        raise UserError(one_line(err) if str(err).strip() else "a worker failed") from None
     metrics: dict[str, Any] = dict(result.return_value or result.metrics or {})
     shown = ("step", "epoch", "val/miou", "val/best_miou", "val/best_step", "val/err_auroc", "val/ece")
     print("final metrics: " + ", ".join(f"{k}={_fmt(metrics[k])}" for k in shown if k in metrics), flush=True)

@@ -4,7 +4,8 @@
     result = trainer.fit()          # result.metrics["val/miou"], result.checkpoint, result.best_checkpoints
 
 Each worker rebuilds the Config from a plain dict, makes a ``RayContext`` and calls ``engine.loop.fit``; the
-loop itself never imports Ray. The Tune layer calls ``build_trainer`` from its trial function.
+loop itself never imports Ray. The Tune layer calls ``build_trainer`` from its trial function. Comments ``# [n]``
+mark what Ray adds around the plain loop (as Ray's own examples do).
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# [1] Ray Train V2: run configuration objects, the controller-side callback hook, the Torch trainer.
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from npsemiseg.config import Config, apply_overrides, config_from_dict
-from npsemiseg.distributed.context import RayContext, choose_backend
-from npsemiseg.errors import UserError
+from npsemiseg.distributed.context import RayContext, choose_backend, fail_at_step_from_env
+from npsemiseg.errors import UserError, one_line
 
 SCORE_ATTRIBUTE = "val/miou"
 
@@ -33,7 +35,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from npsemiseg.engine.loop import fit
 
     cfg = config_from_dict(config["cfg"])
-    ctx = RayContext(cfg)
+    # [2] The only Ray object the loop sees: a RunContext for this rank (DDP, bank all-gather, ray.train.report of
+    #     metrics + checkpoints, resume from ray.train.get_checkpoint). The rest is the single-process loop.
+    ctx = RayContext(cfg, fail_at_step=int(config.get("fail_at_step", -1)))
     return dict(fit(cfg, ctx) or {})
 
 
@@ -83,6 +87,7 @@ def build_trainer(
     an object-store URI); at most ``num_to_keep`` are kept, the best by ``val/miou`` plus always the latest.
     ``max_failures`` restarts the worker group from the latest checkpoint after a worker error (-1 = forever).
     Rerunning with the same ``storage_path`` and ``name`` resumes that run from its latest checkpoint.
+    ``NPSEMISEG_FAIL_AT_STEP`` (tests only) is read here and handed to the workers with the config.
     """
     if num_workers < 1:
         raise UserError(f"--num-workers: must be >= 1, got {num_workers}")
@@ -91,26 +96,32 @@ def build_trainer(
     if not name.strip("/"):
         raise UserError(f"--name: run name must not be empty, got {name!r}")
     cfg = absolute_paths(cfg)
+    loop_config: dict[str, Any] = {"cfg": cfg.to_dict()}
+    fail_at_step = fail_at_step_from_env()
+    if fail_at_step >= 0:
+        loop_config["fail_at_step"] = fail_at_step
+    # [3] How many ranks, on GPUs or not, with what resources each.
     scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker)
     run = RunConfig(
         name=name,
-        storage_path=_storage(storage_path),
+        storage_path=_storage(storage_path),  # [4] run + checkpoints in storage_path/name: a rerun resumes there
         callbacks=list(callbacks),
-        failure_config=FailureConfig(max_failures=max_failures),
-        checkpoint_config=CheckpointConfig(
+        failure_config=FailureConfig(max_failures=max_failures),  # [5] restart the worker group on a failure
+        checkpoint_config=CheckpointConfig(  # [6] retention: the best num_to_keep by val/miou, plus the latest
             num_to_keep=num_to_keep, checkpoint_score_attribute=SCORE_ATTRIBUTE, checkpoint_score_order="max"
         ),
     )
+    # [7] One TorchTrainer: Ray sets up torch.distributed (gloo/nccl) and runs train_fn(loop_config) on every rank.
     return TorchTrainer(
         train_fn,
-        train_loop_config={"cfg": cfg.to_dict()},
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend=choose_backend(use_gpu)),
         scaling_config=scaling,
         run_config=run,
     )
 
 
-class ReportLog(UserCallback):
+class ReportLog(UserCallback):  # [8] a controller-side hook on every report and every worker failure
     """Appends every report (rank 0's metrics, checkpoint path) and every worker failure to a JSON-lines file.
 
     Runs in the Ray Train controller, so ``path`` must be writable from the node that hosts it (the driver's
@@ -131,8 +142,7 @@ class ReportLog(UserCallback):
         self._write(record)
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        errors = {str(rank): str(err).splitlines()[0] if str(err) else type(err).__name__
-                  for rank, err in worker_exceptions.items()}
+        errors = {str(rank): one_line(err) for rank, err in worker_exceptions.items()}
         self._write({"event": "failure", "time": time.time(), "errors": errors})
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from npsemiseg.errors import UserError
+from npsemiseg.errors import UserError, one_line
 from npsemiseg.fileio import atomic_path
 
 CHECKPOINT_KEYS = ("model", "teacher", "optimizer", "scheduler", "step", "epoch", "sampler", "rng", "config")
@@ -41,8 +41,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle with objects, random bytes...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({one_line(e).strip()[:200]})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path}: not a checkpoint dict")
     return ckpt

@@ -1,10 +1,13 @@
-"""Engine subcommands: ``train``, ``evaluate``, ``predict``, ``export``.
+"""Engine subcommands: ``train``, ``evaluate``, ``predict``, ``export`` (single process, no Ray).
 
-    npsemiseg train --config configs/demo.yaml [key=value ...] [--num-workers N --use-gpu --storage-path P --ray]
+    npsemiseg train --config configs/demo.yaml [key=value ...] [--use-gpu] [--no-resume]
     npsemiseg evaluate --checkpoint runs/demo/checkpoints/last.pt [--data-root R] [key=value ...]
     npsemiseg predict --checkpoint exports/demo IMAGES... --out preds [--samples T]
     npsemiseg export --checkpoint runs/demo/checkpoints/last.pt --out exports/demo
-    npsemiseg export --experiment ray_results/voc_demo [--split demo/1_8]
+
+The layers above add to two of these in ``npsemiseg/cli.py``: ``distributed/cli.py`` gives ``train`` its Ray Train
+flags (``--num-workers N --ray --storage-path P --max-failures K``) and ``tune/cli.py`` gives ``export`` its
+``--experiment [--split]`` form. This module imports neither.
 """
 from __future__ import annotations
 
@@ -12,33 +15,30 @@ import argparse
 import json
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from npsemiseg.errors import UserError
 
+if TYPE_CHECKING:
+    from npsemiseg.config import Config
 
-def _train(args: argparse.Namespace) -> int:
+
+def load_train_config(args: argparse.Namespace) -> Config:
+    """The recipe of ``npsemiseg train`` (``--config`` + overrides), with INFO logging switched on."""
     from npsemiseg.config import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    return load_config(args.config, args.overrides)
 
-    cfg = load_config(args.config, args.overrides)
-    if args.num_workers < 1:
-        raise UserError(f"--num-workers: must be >= 1, got {args.num_workers}")
-    if args.num_workers > 1 or args.ray:
-        from npsemiseg.distributed.launch import run_distributed
 
-        metrics = run_distributed(cfg, num_workers=args.num_workers, use_gpu=args.use_gpu,
-                                  storage_path=args.storage_path, max_failures=args.max_failures)
-        where = "the Ray run's storage"
-    else:
-        from npsemiseg.engine.context import LocalContext
-        from npsemiseg.engine.loop import fit
+def _train(args: argparse.Namespace) -> int:
+    from npsemiseg.engine.context import LocalContext
+    from npsemiseg.engine.loop import fit
 
-        device = "cuda" if args.use_gpu else cfg.device
-        metrics = fit(cfg, LocalContext(cfg.out_dir, device, resume=not args.no_resume))
-        where = f"{cfg.out_dir}/checkpoints"
-    print(format_metrics(metrics, title=f"{cfg.name}: final metrics (checkpoints in {where})"))
+    cfg = load_train_config(args)
+    device = "cuda" if args.use_gpu else cfg.device
+    metrics = fit(cfg, LocalContext(cfg.out_dir, device, resume=not args.no_resume))
+    print(format_metrics(metrics, title=f"{cfg.name}: final metrics (checkpoints in {cfg.out_dir}/checkpoints)"))
     return 0
 
 
@@ -92,17 +92,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if args.experiment:
-        if args.checkpoint or args.out:
-            raise UserError("export: use either --experiment [--split] or --checkpoint --out, not both")
-        from npsemiseg.tune.export import export_experiment
-
-        result = export_experiment(args.experiment, args.split)
-        for split, path in result.items():
-            print(f"{split}: exported the best full-budget trial to {path}")
-        return 0
     if not args.checkpoint or not args.out:
-        raise UserError("export: --checkpoint and --out are required (or --experiment PATH)")
+        raise UserError("export: --checkpoint and --out are required")
     from npsemiseg.engine.export import export_model
 
     out = export_model(args.checkpoint, args.out)
@@ -115,11 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a model (plain loop, or Ray Train with --num-workers > 1)")
     p.add_argument("--config", required=True, help="YAML recipe (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    p.add_argument("--num-workers", type=int, default=1, help="data-parallel workers (> 1 uses Ray Train)")
     p.add_argument("--use-gpu", action="store_true", help="train on GPU(s)")
-    p.add_argument("--storage-path", default=None, help="Ray Train storage (local dir, NFS or URI)")
-    p.add_argument("--ray", action="store_true", help="use Ray Train even with one worker")
-    p.add_argument("--max-failures", type=int, default=0, help="Ray Train: worker-group restarts allowed")
     p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint already in out_dir")
     p.set_defaults(func=_train)
 
@@ -143,6 +130,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="inference-only export of a checkpoint (or of a sweep's best trials)")
     p.add_argument("--checkpoint", default=None, help="full checkpoint (.pt)")
     p.add_argument("--out", default=None, help="export dir to write")
-    p.add_argument("--experiment", default=None, help="a finished sweep: export its best trial per split")
-    p.add_argument("--split", default=None, help="with --experiment: only this split")
     p.set_defaults(func=_export)

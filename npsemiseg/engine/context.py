@@ -1,18 +1,30 @@
 """RunContext: the seam between the one training loop and whatever runs it.
 
-The loop (``npsemiseg.engine.loop.fit``) never imports Ray. It asks its context for the device, for samplers,
-to wrap the model for data parallelism, to all-gather memory-bank rows, to all-reduce confusion matrices, to
-report metrics + checkpoints and to hand back a checkpoint to resume from. ``LocalContext`` is the single-process
-implementation; ``npsemiseg.distributed`` provides the Ray Train one.
+The loop (``npsemiseg.engine.loop.fit``) never imports Ray. It asks its context for the device, its rank and the
+world size (the loop's ``ResumableSampler`` and the evaluation shards use them), to wrap the model for data
+parallelism, to all-gather memory-bank rows, to all-reduce confusion matrices, to report metrics + checkpoints and
+to hand back a checkpoint to resume from. ``LocalContext`` is the single-process implementation;
+``npsemiseg.distributed`` provides the Ray Train one.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Sampler
+
+if TYPE_CHECKING:
+    from npsemiseg.config import Config
+
+
+def use_sync_bn(cfg: Config, device: torch.device, world_size: int) -> bool:
+    """SyncBatchNorm only when asked for (``train.sync_bn``), on CUDA, with more than one rank (no CPU kernel).
+
+    The one place this is decided: ``engine.step.build_state`` converts the student before the teacher is copied
+    from it, so both carry SyncBN and their checkpoints keep BatchNorm's state-dict keys.
+    """
+    return bool(cfg.train.sync_bn) and device.type == "cuda" and world_size > 1
 
 
 class RunContext:
@@ -33,10 +45,6 @@ class RunContext:
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """Wrap the student for data parallelism (DDP). Identity here."""
         return model
-
-    def make_sampler(self, dataset: Dataset, shuffle: bool, seed: int) -> Sampler | None:
-        """A sampler that shards ``dataset`` across ranks (None = plain DataLoader shuffling)."""
-        return None
 
     def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Concatenate along dim 0 the (possibly different-length) tensors of every rank, rank order."""

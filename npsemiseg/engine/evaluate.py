@@ -1,4 +1,4 @@
-"""Evaluation: mIoU + uncertainty quality over a val set, three modes, sharded across ranks (spec section 5).
+"""Evaluation: mIoU + uncertainty quality over a val set, three modes, sharded across ranks (docs/method.md §5).
 
 Modes (``train.val_mode``):
 - ``original``: the full image in one pass;
@@ -11,7 +11,6 @@ The prediction is the mean over T samples of the softmax of the logits upsampled
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,16 +21,7 @@ from torch.utils.data import Dataset
 from npsemiseg.engine.context import RunContext
 from npsemiseg.engine.sampler import shard_indices
 from npsemiseg.metrics import ConfusionMatrix, UncertaintyMeter
-
-
-def upsample(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of (..., C, h, w) logits to ``size`` (no-op when already there)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    lead = logits.shape[:-3]
-    x = logits.reshape(-1, *logits.shape[-3:])
-    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-    return x.reshape(*lead, *x.shape[-3:])
+from npsemiseg.models.resize import upsample_logits
 
 
 def _window_starts(full: int, window: int, stride: int) -> list[int]:
@@ -42,13 +32,16 @@ def _window_starts(full: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def mean_probs(model: nn.Module, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """B x C x H x W mean over T samples of softmax(logits upsampled to x's size)."""
+def forward_probs(model: nn.Module, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Run ``model`` on ``x``: B x C x H x W mean over T samples of softmax(logits upsampled to x's size).
+
+    Unlike ``models.mean_probs`` (logits in, at their own resolution) it upsamples one sample at a time, so
+    only one full-resolution T=1 tensor is alive at once."""
     logits = model(x, num_samples=num_samples).logits  # T x B x C x h x w
     size = x.shape[-2:]
     acc = None
     for t in range(logits.shape[0]):
-        p = torch.softmax(upsample(logits[t].float(), size), dim=1)
+        p = torch.softmax(upsample_logits(logits[t].float(), size), dim=1)
         acc = p if acc is None else acc.add_(p)
     return acc / logits.shape[0]
 
@@ -65,7 +58,7 @@ def sliding_window_probs(model: nn.Module, x: torch.Tensor, num_samples: int, wi
     acc, count = None, torch.zeros(1, 1, ph, pw, device=x.device)
     for top in _window_starts(ph, window, stride):
         for left in _window_starts(pw, window, stride):
-            p = mean_probs(model, x[:, :, top : top + window, left : left + window], num_samples)
+            p = forward_probs(model, x[:, :, top : top + window, left : left + window], num_samples)
             if acc is None:
                 acc = torch.zeros(x.shape[0], p.shape[1], ph, pw, device=x.device)
             acc[:, :, top : top + window, left : left + window] += p
@@ -84,9 +77,9 @@ def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
 def predict_probs(model: nn.Module, x: torch.Tensor, num_samples: int, mode: str, crop_size: int) -> torch.Tensor:
     """Mean probabilities for a batch of images in one of the three modes (center_crop crops the image first)."""
     if mode == "original":
-        return mean_probs(model, x, num_samples)
+        return forward_probs(model, x, num_samples)
     if mode == "center_crop":
-        return mean_probs(model, center_crop(x, crop_size), num_samples)
+        return forward_probs(model, center_crop(x, crop_size), num_samples)
     if mode == "sliding_window":
         return sliding_window_probs(model, x, num_samples, crop_size)
     raise ValueError(f"unknown eval mode {mode!r}")

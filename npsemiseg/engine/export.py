@@ -19,7 +19,7 @@ from torch import nn
 
 from npsemiseg.config import Config, apply_overrides, config_from_dict, load_config
 from npsemiseg.engine.checkpoint import load_checkpoint
-from npsemiseg.errors import UserError
+from npsemiseg.errors import UserError, one_line
 from npsemiseg.fileio import atomic_dir
 
 EXPORT_FORMAT = "npsemiseg-export-v1"
@@ -49,6 +49,29 @@ def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_weights(cfg: Config, num_classes: int, weights: dict[str, torch.Tensor], src: str) -> nn.Module:
+    """``build_model(cfg.model, num_classes)`` holding ``weights`` (UserError naming ``src`` when they do not fit)."""
+    from npsemiseg.models import build_model
+
+    model = build_model(cfg.model, num_classes)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(f"{src}: weights do not match the config ({one_line(e)[:160]})") from None
+    return model
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], src: str, overrides: list[str] | None = None
+                          ) -> tuple[nn.Module, Config, int]:
+    """(model with the eval weights, inference config, number of classes) from a full checkpoint dict."""
+    missing = [k for k in ("model", "config") if k not in ckpt]
+    if missing:
+        raise UserError(f"{src}: not an npsemiseg checkpoint (missing {', '.join(missing)})")
+    cfg = _inference_config(ckpt["config"], overrides)
+    n_cls = int(ckpt.get("num_classes") or cfg.num_classes())
+    return _with_weights(cfg, n_cls, eval_weights(ckpt), src), cfg, n_cls
+
+
 def load_for_inference(path: str | os.PathLike, overrides: list[str] | None = None,
                        device: str | torch.device = "cpu") -> tuple[nn.Module, Config, dict[str, Any]]:
     """(model in eval mode, config, metrics) from a full checkpoint file, an export dir or its model.pt.
@@ -56,8 +79,6 @@ def load_for_inference(path: str | os.PathLike, overrides: list[str] | None = No
     Every problem a user can cause (missing path, corrupt file, weights that do not fit the config) is a
     UserError naming the path.
     """
-    from npsemiseg.models import build_model
-
     p = Path(path)
     if p.is_dir():
         mfile, cfile = p / MODEL_FILE, p / CONFIG_FILE
@@ -67,27 +88,15 @@ def load_for_inference(path: str | os.PathLike, overrides: list[str] | None = No
         blob = load_checkpoint(mfile)
         if blob.get("format") != EXPORT_FORMAT:
             raise UserError(f"{mfile}: not an npsemiseg export (format {blob.get('format')!r})")
-        weights, n_cls = blob["model"], int(blob["num_classes"])
-        metrics = blob.get("metrics", {})
+        model = _with_weights(cfg, int(blob["num_classes"]), blob["model"], str(p))
     elif p.is_file():
         blob = load_checkpoint(p)
         if blob.get("format") == EXPORT_FORMAT:
             return load_for_inference(p.parent, overrides, device)
-        missing = [k for k in ("model", "config") if k not in blob]
-        if missing:
-            raise UserError(f"{p}: not an npsemiseg checkpoint (missing {', '.join(missing)})")
-        cfg = _inference_config(blob["config"], overrides)
-        weights = eval_weights(blob)
-        n_cls = int(blob.get("num_classes") or cfg.num_classes())
-        metrics = blob.get("metrics", {})
+        model, cfg, _ = model_from_checkpoint(blob, str(p), overrides)
     else:
         raise UserError(f"{p}: checkpoint or export dir not found")
-    model = build_model(cfg.model, n_cls)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise UserError(f"{p}: weights do not match the config ({str(e).splitlines()[0][:160]})") from None
-    return model.to(device).eval(), cfg, dict(metrics)
+    return model.to(device).eval(), cfg, dict(blob.get("metrics", {}))
 
 
 def export_model(ckpt: str | os.PathLike | dict[str, Any], out_dir: str | os.PathLike) -> Path:
@@ -95,21 +104,13 @@ def export_model(ckpt: str | os.PathLike | dict[str, Any], out_dir: str | os.Pat
 
     The dir is assembled in a temp folder beside ``out_dir`` and renamed into place, replacing an older export.
     """
-    from npsemiseg.models import build_model, convert_syncbn_to_bn
+    from npsemiseg.models import convert_syncbn_to_bn
 
     src = "checkpoint"
     if not isinstance(ckpt, dict):
         src = str(ckpt)
         ckpt = load_checkpoint(ckpt)
-    if "config" not in ckpt or "model" not in ckpt:
-        raise UserError(f"{src}: not an npsemiseg checkpoint (needs config and model)")
-    cfg = _inference_config(ckpt["config"])
-    n_cls = int(ckpt.get("num_classes") or cfg.num_classes())
-    model = build_model(cfg.model, n_cls)
-    try:
-        model.load_state_dict(eval_weights(ckpt))
-    except RuntimeError as e:
-        raise UserError(f"{src}: weights do not match the config ({str(e).splitlines()[0][:160]})") from None
+    model, cfg, n_cls = model_from_checkpoint(ckpt, src)
     model = convert_syncbn_to_bn(model).eval()
     metrics = _json_safe(dict(ckpt.get("metrics", {})))
     metrics.setdefault("step", int(ckpt.get("step", 0)))

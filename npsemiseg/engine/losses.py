@@ -10,10 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from npsemiseg.data.labels import IGNORE, PAD
 from npsemiseg.metrics import entropy as pixel_entropy
-
-IGNORE = 255
-PAD = 254
 
 
 def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

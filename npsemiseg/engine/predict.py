@@ -47,8 +47,6 @@ def _save_png(path: Path, index: np.ndarray, palette: list[int]) -> None:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from npsemiseg.data.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
 

@@ -15,17 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from npsemiseg.config import Config
 from npsemiseg.engine.checkpoint import capture_rng, restore_rng
-from npsemiseg.engine.context import RunContext
+from npsemiseg.engine.context import RunContext, use_sync_bn
 from npsemiseg.engine.ema import ema_decay, ema_update, make_teacher
-from npsemiseg.engine.evaluate import upsample
 from npsemiseg.engine.losses import PAD, ce_loss, cutmix, masked_ce_loss, ohem_ce_loss, pseudo_labels
 from npsemiseg.engine.schedule import PolyLR, build_optimizer
 from npsemiseg.errors import ConfigError
+from npsemiseg.models.resize import downsample_labels, upsample_logits
 
 
 @dataclass
@@ -58,7 +57,7 @@ def build_state(cfg: Config, ctx: RunContext | None = None, num_classes: int | N
     if n_cls < 2:
         raise ConfigError("data.num_classes: unknown number of classes (set data.num_classes)")
     model = build_model(cfg.model, n_cls).to(ctx.device)
-    if cfg.train.sync_bn and ctx.world_size > 1 and ctx.device.type == "cuda":
+    if use_sync_bn(cfg, ctx.device, ctx.world_size):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     teacher = make_teacher(model)
     optimizer = build_optimizer(model, cfg.train)
@@ -68,13 +67,6 @@ def build_state(cfg: Config, ctx: RunContext | None = None, num_classes: int | N
         scaler = torch.amp.GradScaler("cuda")
     return TrainState(cfg=cfg, ctx=ctx, model=model, student=ctx.wrap_model(model), teacher=teacher,
                       optimizer=optimizer, scheduler=scheduler, scaler=scaler, num_classes=n_cls)
-
-
-def nearest_labels(mask: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """Downsample a B x H x W label map to ``size`` with nearest neighbour (labels stay labels)."""
-    if tuple(mask.shape[-2:]) == tuple(size):
-        return mask
-    return F.interpolate(mask[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 def _autocast(state: TrainState):
@@ -92,10 +84,10 @@ def update_banks(state: TrainState, query_l: torch.Tensor, mask_l: torch.Tensor,
     if head is None:
         return
     size = query_l.shape[-2:]
-    ctx_rows, ctx_lab = head.select_rows(query_l.float(), nearest_labels(mask_l, size))
+    ctx_rows, ctx_lab = head.select_rows(query_l.float(), downsample_labels(mask_l, size))
     tgt_rows, tgt_lab = ctx_rows, ctx_lab
     if query_u is not None and label_u is not None:
-        u_rows, u_lab = head.select_rows(query_u.float(), nearest_labels(label_u, query_u.shape[-2:]))
+        u_rows, u_lab = head.select_rows(query_u.float(), downsample_labels(label_u, query_u.shape[-2:]))
         tgt_rows, tgt_lab = torch.cat([ctx_rows, u_rows]), torch.cat([ctx_lab, u_lab])
     g = state.ctx.all_gather_rows
     head.update_banks(g(ctx_rows), g(ctx_lab), g(tgt_rows), g(tgt_lab))
@@ -128,7 +120,7 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
             warnings.filterwarnings("ignore", message=".*empty memory banks.*")
             out_t = state.teacher(u_w, num_samples=mc.t_train)
         with torch.no_grad():
-            probs = torch.softmax(upsample(out_t.logits.float(), crop), dim=2).mean(0)
+            probs = torch.softmax(upsample_logits(out_t.logits.float(), crop), dim=2).mean(0)
             pl = pseudo_labels(probs, ign, tc.conf_threshold, tc.entropy_threshold)
             u_mix, pl_mix = cutmix(u_s, box, pl)
         inp = torch.cat([x, u_mix])
@@ -136,7 +128,7 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
     state.student.train()
     with _autocast(state):
         out = state.student(inp, num_samples=mc.t_train)
-    logits = upsample(out.logits.float().mean(0), crop)  # mean over T of the logits, at crop size
+    logits = upsample_logits(out.logits.float().mean(0), crop)  # mean over T of the logits, at crop size
     if tc.ohem:
         loss_sup = ohem_ce_loss(logits[:n_l], y, tc.ohem_thresh, tc.ohem_min_kept)
     else:

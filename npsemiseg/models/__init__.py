@@ -9,11 +9,10 @@ from npsemiseg.models.build import (
     SegOutput,
     build_model,
     convert_syncbn_to_bn,
-    downsample_labels,
     mean_probs,
-    upsample_logits,
 )
 from npsemiseg.models.np_head import NPHead, attend_mean, kl_normal
+from npsemiseg.models.resize import downsample_labels, upsample_logits
 from npsemiseg.models.resnet import ResNet, load_pretrained
 
 __all__ = [

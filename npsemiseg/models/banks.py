@@ -13,8 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IGNORE_VALUES = (254, 255)
-
 
 def _class_ranks(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stable sort by class: (order, rank of each sorted row within its class, per-class counts)."""

@@ -1,19 +1,17 @@
-"""SegModel (DeepLabV3+ encoder + one of three heads), ``build_model``, and the tensor helpers the loop uses.
+"""SegModel (DeepLabV3+ encoder + one of three heads), ``build_model``, ``mean_probs`` and the SyncBN export helper.
 
     model = build_model(cfg.model, num_classes=21)
     out = model(x, num_samples=5)          # out.logits: T x B x C x H/4 x W/4, out.kl, out.query
-    probs = mean_probs(upsample_logits(out.logits, x.shape[-2:]))
+    probs = mean_probs(upsample_logits(out.logits, x.shape[-2:]))   # upsample_logits: models/resize.py
 
 Plain: T is ignored (T = 1). MC dropout: T full passes with dropout on in eval mode (one pass in training mode:
 ordinary dropout training). NP: one encoder pass, T latent samples, in both modes.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from npsemiseg.config import ModelConfig
@@ -85,31 +83,9 @@ def build_model(mcfg: ModelConfig, num_classes: int) -> SegModel:
     return SegModel(enc, head, mcfg.head)
 
 
-def upsample_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of T x B x C x h x w (or B x C x h x w) logits to ``size`` = (H, W)."""
-    size = tuple(int(s) for s in size)
-    if logits.shape[-2:] == size:
-        return logits
-    lead = logits.shape[:-3]
-    flat = logits.reshape(-1, *logits.shape[-3:])
-    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return out.view(*lead, *out.shape[1:])
-
-
 def mean_probs(logits: torch.Tensor) -> torch.Tensor:
     """Mean over the T samples of the softmax over classes: T x B x C x h x w -> B x C x h x w."""
     return torch.softmax(logits.float(), dim=2).mean(0)
-
-
-def downsample_labels(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize of B x H x W integer labels to ``size`` (keeps 254/255 exactly)."""
-    h, w = (int(s) for s in size)
-    H, W = mask.shape[-2:]  # noqa: N806
-    if (H, W) == (h, w):
-        return mask
-    ys = torch.div(torch.arange(h, device=mask.device) * H, h, rounding_mode="floor")
-    xs = torch.div(torch.arange(w, device=mask.device) * W, w, rounding_mode="floor")
-    return mask[..., ys[:, None], xs[None, :]]
 
 
 def convert_syncbn_to_bn(module: nn.Module) -> nn.Module:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from npsemiseg.models.banks import MemoryBank, gather_rows, subsample_per_class
+from npsemiseg.models.resize import downsample_labels
 
 CHUNK_ELEMS = 1 << 22  # elements of one L x chunk x C block in the aggregator (16 MiB in float32)
 DECODE_ELEMS = 1 << 26  # first-conv output elements per no-grad decoder chunk of samples
@@ -218,8 +219,6 @@ class NPHead(nn.Module):
         rows come from the scrambled gather. Labels at another resolution are downsampled (nearest) first.
         """
         if labels.shape[-2:] != query.shape[-2:]:
-            from npsemiseg.models.build import downsample_labels
-
             labels = downsample_labels(labels, query.shape[-2:])
         rows, cls = gather_rows(query.detach(), labels, self.num_classes, released=self.released)
         return subsample_per_class(rows, cls, self.pixels_per_class, self.num_classes, generator)

@@ -7,12 +7,11 @@ the cluster Ray finds (``RAY_ADDRESS`` / ``--address``, or a head node started o
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from npsemiseg.errors import UserError, one_line
+from npsemiseg.errors import UserError, run_guarded
 from npsemiseg.tune.common import BUDGETS
 from npsemiseg.tune.resources import DEFAULT_GPU_TRIAL_RESOURCES
 
@@ -175,14 +174,7 @@ def sweep_main(dataset: str, argv: list[str] | None = None) -> int:
                                 description=f"Ray Tune + Optuna sweep of NP-SemiSeg on {dataset} (per label split)")
     add_sweep_args(p, dataset)
     args = p.parse_args(argv)
-    try:
-        return run_from_args(args, dataset)
-    except UserError as e:
-        print(f"{p.prog}: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{p.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: run_from_args(args, dataset), p.prog, "interrupted; rerun the same command to resume")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -206,3 +198,26 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("sweep-summary", help="print a finished sweep's per-split table and best configs")
     p.add_argument("experiment", help="experiment folder (holding results.parquet)")
     p.set_defaults(func=_cmd_summary)
+
+
+def register_export(subparsers: Any) -> None:
+    """Give the engine's ``export`` command its sweep form: ``--experiment PATH [--split S]``."""
+    p = subparsers.choices["export"]
+    p.add_argument("--experiment", default=None, help="a finished sweep: export its best trial per split")
+    p.add_argument("--split", default=None, help="with --experiment: only this split")
+    plain = p.get_default("func")
+
+    def export(args: argparse.Namespace) -> int:
+        if not args.experiment:
+            if not args.checkpoint or not args.out:
+                raise UserError("export: --checkpoint and --out are required (or --experiment PATH)")
+            return plain(args)
+        if args.checkpoint or args.out:
+            raise UserError("export: use either --experiment [--split] or --checkpoint --out, not both")
+        from npsemiseg.tune.export import export_experiment
+
+        for split, path in export_experiment(args.experiment, args.split).items():
+            print(f"{split}: exported the best full-budget trial to {path}")
+        return 0
+
+    p.set_defaults(func=export)

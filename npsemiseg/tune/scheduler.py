@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 import numpy as np
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # (1) Tune's scheduler interface
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # [1] Tune's scheduler interface
 
 from npsemiseg.tune.common import SPLIT_KEY
 

@@ -25,7 +25,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ray.tune.search import Searcher  # (1) Tune's searcher interface: suggest / on_trial_result / on_trial_complete
+from ray.tune.search import Searcher  # [1] Tune's searcher interface: suggest / on_trial_result / on_trial_complete
 
 from npsemiseg.tune.common import SPLIT_KEY, TRAIN_TIME, relative_to, sampler_seed, study_name
 

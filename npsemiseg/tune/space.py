@@ -55,25 +55,6 @@ class Param:
             return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
 
-    def grid(self, n: int) -> list[Any]:
-        """``n`` evenly spaced values (log-spaced when ``log``); all choices for a categorical."""
-        if self.type == "categorical":
-            return list(self.choices)
-        if n < 1:
-            raise ConfigError(f"{self.key}: grid needs >= 1 value, got {n}")
-        lo, hi = float(self.low), float(self.high)
-        if n == 1:
-            ts = [0.5]
-        else:
-            ts = [i / (n - 1) for i in range(n)]
-        if self.log:
-            vals = [math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo))) for t in ts]
-        else:
-            vals = [lo + t * (hi - lo) for t in ts]
-        if self.type == "int":
-            return sorted({int(round(v)) for v in vals})
-        return [round(v, 10) for v in vals]
-
     def bounds_values(self) -> list[Any]:
         """The extreme values (or every choice): what validation tries on the base config."""
         return list(self.choices) if self.type == "categorical" else [self.low, self.high]

@@ -193,7 +193,7 @@ def trial_spec(settings: SweepSettings) -> TrialSpec:
 
 
 def make_trainable(settings: SweepSettings) -> Any:
-    from ray import tune  # (1) the trial function, with its spec attached and a sliver of CPU for itself
+    from ray import tune  # [1] the trial function, with its spec attached and a sliver of CPU for itself
 
     return tune.with_resources(tune.with_parameters(run_trial, spec=trial_spec(settings)), {"CPU": TRIAL_DRIVER_CPU})
 
@@ -207,12 +207,12 @@ def make_tuner(settings: SweepSettings, trainable: Any) -> Any:
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(settings.checkpoint_period_s)
     if tune.Tuner.can_restore(settings.tune_path):
         print(f"[sweep] resuming {settings.tune_path}", flush=True)
-        # (2) restore: finished trials keep their results, unfinished ones restart from their Train checkpoints
+        # [2] restore: finished trials keep their results, unfinished ones restart from their Train checkpoints
         return tune.Tuner.restore(settings.tune_path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False), True
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(  # (3) one searcher + one scheduler for every split; one slot pool
+        tune_config=tune.TuneConfig(  # [3] one searcher + one scheduler for every split; one slot pool
             search_alg=make_searcher(settings), scheduler=make_scheduler(settings),
             num_samples=settings.total_trials(), max_concurrent_trials=settings.max_concurrent,
             trial_dirname_creator=trial_dirname, reuse_actors=False,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback  # (1) Tune callbacks run in the driver
+from ray.tune import Callback  # [1] Tune callbacks run in the driver
 
 from npsemiseg.tune.common import SPLIT_KEY
 

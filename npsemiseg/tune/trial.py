@@ -50,8 +50,8 @@ def trial_config(spec: TrialSpec, params: dict[str, Any], trial_id: str, out_dir
 
 def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     """Tune function trainable: build the trial's TorchTrainer, forward its reports to Tune, fit it."""
-    from ray import tune  # (1) the trial's identity and folder come from Tune's context
-    from ray.tune.integration.ray_train import TuneReportCallback  # (2) Train reports -> Tune results
+    from ray import tune  # [1] the trial's identity and folder come from Tune's context
+    from ray.tune.integration.ray_train import TuneReportCallback  # [2] Train reports -> Tune results
 
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
@@ -67,11 +67,11 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         num_workers=res.workers,
         use_gpu=res.use_gpu,
         storage_path=spec.storage_root,
-        name=train_run_name(spec.experiment, trial_id),  # (3) stable name: a restored trial finds its checkpoints
+        name=train_run_name(spec.experiment, trial_id),  # [3] stable name: a restored trial finds its checkpoints
         callbacks=[TuneReportCallback()],
         max_failures=spec.max_failures,
         resources_per_worker=res.per_worker(),
         num_to_keep=spec.num_to_keep,
         train_fn=timed_train_loop,
     )
-    trainer.fit()  # (4) blocks until the Train run ends; Tune stops this function when its scheduler says STOP
+    trainer.fit()  # [4] blocks until the Train run ends; Tune stops this function when its scheduler says STOP

@@ -19,10 +19,10 @@ CKPT_TRAIN_TIME = "train_time_s"  # checkpoint entry holding TRAIN_TIME at the m
 class TimedContext(RayContext):
     """``RayContext`` whose reports carry the training time, summed over the attempts of the run."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, fail_at_step: int = -1) -> None:
         self._t0 = time.monotonic()
         self._before = 0.0  # training time of earlier attempts, from the checkpoint this one resumes
-        super().__init__(cfg)
+        super().__init__(cfg, fail_at_step=fail_at_step)
 
     def trained_s(self) -> float:
         return self._before + time.monotonic() - self._t0
@@ -45,4 +45,4 @@ def timed_train_loop(config: dict[str, Any]) -> dict[str, Any]:
     from npsemiseg.engine.loop import fit
 
     cfg = config_from_dict(config["cfg"])
-    return dict(fit(cfg, TimedContext(cfg)) or {})
+    return dict(fit(cfg, TimedContext(cfg, fail_at_step=int(config.get("fail_at_step", -1)))) or {})
