@@ -368,3 +368,44 @@ def test_briefly_trained_model_depends_on_its_centres() -> None:
     shuffled = _eval_logits(model, x).mean(0).argmax(1)
     changed = (pred != shuffled)[:, 2:-2, 2:-2].float().mean().item()  # interior of the 16 x 16 map
     assert changed > 0.01, changed
+
+
+def test_default_bank_write_samples_at_random_not_in_raster_order() -> None:
+    """Two 40 x 40 maps of one class, K = 256: the default write keeps K random rows of the 3200, so the stored
+    rows' mean pixel index is near the middle (1599.5), and both images contribute; a raster-order FIFO would keep
+    only the last 256 rows (mean 3071.5, all from the second image)."""
+    torch.manual_seed(0)
+    head = NPHead(8, C, 1, channels=8, bank_capacity=256)
+    query = torch.arange(3200.0).view(2, 1, 40, 40)  # row value = its raster index
+    labels = torch.zeros(2, 40, 40, dtype=torch.long)
+    rows, cls = head.select_rows(query, labels)
+    head.update_banks(rows, cls, rows, cls)
+    stored = head.context_bank.rows[0, :, 0]
+    assert head.context_bank.count[0] == 256 and len(rows) == 256
+    assert abs(stored.mean().item() - 1599.5) < 150, stored.mean()
+    assert (stored < 1600).sum() > 80 and (stored >= 1600).sum() > 80
+    rel = NPHead(8, C, 1, channels=8, bank_capacity=256, np_mode="released")  # released: every row, as released
+    r_rows, r_cls = rel.select_rows(query, labels)
+    rel.update_banks(r_rows, r_cls, r_rows, r_cls)
+    assert len(r_rows) == 3200 and rel.context_bank.rows[0, :, 0].min() >= 3200 - 256
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_bank_budget_is_global_across_ranks(world: int) -> None:
+    """Rows selected by W simulated ranks (each on its own images) add up, per class, to the same budget as one
+    rank selecting from all the images; without the split each rank would write the whole budget."""
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(6, L, 12, 12, generator=g)
+    labels = torch.randint(0, C, (6, 12, 12), generator=g)
+    head = NPHead(8, C, L, channels=8, bank_capacity=64, pixels_per_class=50)
+    _, one = head.select_rows(query, labels)
+    per_rank = [head.select_rows(query[r::world], labels[r::world], rank=r, world_size=world)[1]
+                for r in range(world)]
+    many = torch.cat(per_rank)
+    assert torch.bincount(one, minlength=C).tolist() == [50] * C
+    assert torch.bincount(many, minlength=C).tolist() == [50] * C
+    assert sorted(len(p) for p in per_rank) == sorted(C * (50 // world + int(r < 50 % world)) for r in range(world))
+    head.pixels_per_class = 0  # 0 = the capacity K, split the same way
+    assert torch.bincount(torch.cat([head.select_rows(query[r::world], labels[r::world], rank=r,
+                                                      world_size=world)[1] for r in range(world)]),
+                          minlength=C).tolist() == [64] * C

@@ -170,11 +170,12 @@ class NPHead(nn.Module):
 
     # ---- banks ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def select_rows(self, query: torch.Tensor, labels: torch.Tensor,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_rows(self, query: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+                    rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Bank rows (N x L) and classes (N) from a query and labels at the feature resolution.
 
-        Drops 254/255, keeps at most ``pixels_per_class`` random rows per class (0 = all); in released mode the
+        Drops 254/255 and keeps, per class, this rank's share of the global per-step budget, drawn uniformly at
+        random (``rank_share``); in released mode every row is kept (unless ``pixels_per_class`` > 0) and the
         rows come from the scrambled gather. Labels at another resolution are downsampled (nearest) first.
         """
         if labels.shape[-2:] != query.shape[-2:]:
@@ -182,7 +183,24 @@ class NPHead(nn.Module):
 
             labels = downsample_labels(labels, query.shape[-2:])
         rows, cls = gather_rows(query.detach(), labels, self.num_classes, released=self.released)
-        return subsample_per_class(rows, cls, self.pixels_per_class, self.num_classes, generator)
+        return subsample_per_class(rows, cls, self.rank_share(rank, world_size), self.num_classes, generator)
+
+    def budget(self) -> int:
+        """Rows per class written per step over all ranks: ``pixels_per_class``, capped at the capacity K (0 =
+        K; released mode: 0 = every row, as released). A class never overflows its ring within one step, so
+        which rows survive is the random draw, not the raster order."""
+        k = self.context_bank.capacity
+        if self.pixels_per_class > 0:
+            return min(self.pixels_per_class, k)
+        return 0 if self.released else k
+
+    def rank_share(self, rank: int = 0, world_size: int = 1) -> int:
+        """This rank's part of ``budget()``: budget // W, plus one on the first budget % W ranks (0 = all rows),
+        so the same setting writes the same number of rows per class per step on 1 or W ranks."""
+        total = self.budget()
+        if total <= 0 or world_size <= 1:
+            return total
+        return max(1, total // world_size + int(rank < total % world_size))
 
     @torch.no_grad()
     def update_banks(self, ctx_rows: torch.Tensor, ctx_labels: torch.Tensor,
