@@ -44,13 +44,27 @@ SETTINGS: dict[str, dict] = {
 }
 
 
+def _kl_normal():
+    from npsemiseg.models.np_head import kl_normal
+
+    return kl_normal
+
+
+_KL = None
+
+
 def _patch(kind: str) -> None:
     """Diagnostic training switches that have no config key (applied in the run's own process)."""
     if kind == "kl_variance":
         import npsemiseg.models.np_head as nph
 
-        plain = nph.kl_normal
-        nph.kl_normal = lambda mq, sq, mp_, sp, variance=False: plain(mq, sq, mp_, sp, variance=True)
+        nph.kl_normal = lambda mq, sq, mp_, sp, variance=False: _KL(mq, sq, mp_, sp, variance=True)
+
+
+def _unpatch() -> None:
+    import npsemiseg.models.np_head as nph
+
+    nph.kl_normal = _KL
 
 
 def _run(job: dict) -> dict:
@@ -67,6 +81,9 @@ def _run(job: dict) -> dict:
     from npsemiseg.engine.loop import fit
     from npsemiseg.models import build_model
 
+    global _KL
+    _KL = _KL or _kl_normal()
+    _unpatch()  # worker processes are reused: undo a previous run's patch
     over = dict(job["overrides"])
     if "_patch" in over:
         _patch(over.pop("_patch"))
@@ -131,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
-    ap.add_argument("--iters", type=int, nargs=2, default=[150, 100], metavar=("DEMO", "LARGE"),
+    ap.add_argument("--iters", type=int, nargs=2, default=[100, 60], metavar=("DEMO", "LARGE"),
                     help="training steps per run in the demo and large settings")
-    ap.add_argument("--val", type=int, default=40, help="val images measured")
+    ap.add_argument("--val", type=int, default=24, help="val images measured")
     ap.add_argument("--t-eval", type=int, default=20)
-    ap.add_argument("--jobs", type=int, default=1, help="parallel single-threaded runs")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel single-threaded runs")
     ap.add_argument("--smoke-test", action="store_true", help="tiny data, 1 seed, 3 steps, 4 val images")
     args = ap.parse_args(argv)
 
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.jobs} at a time", flush=True)
     t0 = time.perf_counter()
     results = []
-    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
         for res in pool.imap_unordered(_run, jobs):
             results.append(res)
             print(f"  [{time.perf_counter() - t0:6.0f}s] {res['setting']:5s} {res['variant']:14s} s{res['seed']} "
