@@ -240,3 +240,17 @@ def test_convert_syncbn_to_bn_round_trip() -> None:
     sd = back.state_dict()
     assert list(sd) == list(ref_sd)
     assert all(torch.equal(sd[k], ref_sd[k]) for k in sd)
+
+
+def test_decoder_and_mc_scope_keys_are_validated_and_resolved() -> None:
+    from npsemiseg.config import load_config
+    from npsemiseg.errors import ConfigError
+    from npsemiseg.models.build import DEFAULT_DECODER, resolve_decoder
+
+    for key in ("model.decoder=bogus", "model.mc_dropout_scope=encoder"):
+        with pytest.raises(ConfigError, match=key.split("=")[0]):
+            load_config(None, [key])
+    assert resolve_decoder(tiny()) == DEFAULT_DECODER != "spec"
+    assert resolve_decoder(tiny(np_mode="released")) == "spec"  # the release as it is
+    assert resolve_decoder(tiny(np_mode="released", decoder="film")) == "film"
+    assert build_model(tiny(head="np", decoder="film"), C).np_head.decoder_kind == "film"
