@@ -154,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--t-eval", type=int, default=20)
     ap.add_argument("--jobs", type=int, default=2, help="parallel single-threaded runs")
     ap.add_argument("--smoke-test", action="store_true", help="tiny data, 1 seed, 3 steps, 4 val images")
+    ap.add_argument("--report", action="store_true", help="only print the tables of <out>/runs.jsonl")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.report:
+        results = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
+        results.sort(key=lambda r: (r["setting"], list(VARIANTS).index(r["variant"]), r["seed"]))
+        print_tables(results)
+        return 0
 
     scale = "tiny" if args.smoke_test else "demo"
     root = Path(args.data_root) / scale if args.smoke_test else Path(args.data_root)
@@ -179,14 +186,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.jobs} at a time", flush=True)
     t0 = time.perf_counter()
     results = []
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs.jsonl").write_text("")
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         for res in pool.imap_unordered(_run, jobs):
             results.append(res)
+            with open(out / "runs.jsonl", "a") as f:  # each run as it finishes (--report prints them)
+                f.write(json.dumps(res) + "\n")
             print(f"  [{time.perf_counter() - t0:6.0f}s] {res['setting']:5s} {res['variant']:14s} s{res['seed']} "
                   f"mIoU {res['miou']:.4f} train {res['train_s']:.0f}s", flush=True)
     results.sort(key=lambda r: (r["setting"], args.variants.index(r["variant"]), r["seed"]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print_tables(results)
     print(f"\ntotal {time.perf_counter() - t0:.0f}s; results in {out / 'results.json'}")
