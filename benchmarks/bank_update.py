@@ -9,7 +9,8 @@ writes the labelled images' rows into the context bank and its draw over all ima
 K rows per class), recomputes the centres; the loop is the straightforward per-class version (mask, select,
 ring write, mean) of the same write. A third line times the released pipeline's extra cost, upsampling the
 query to the full crop before the per-class loop. Last, where the stored rows come from on two one-class maps
-(mean row index, (h - 1) / 2 if unbiased) for the default random write and a raster-order FIFO of every row. Interleaved repeats, medians of process CPU time (robust on a shared machine;
+(mean row index, (h - 1) / 2 if unbiased) for the default random write and a raster-order FIFO of every row.
+Interleaved repeats, medians of process CPU time (robust on a shared machine;
 run with --threads 1 for that).
 """
 from __future__ import annotations
