@@ -110,7 +110,7 @@ def _fmt(xs: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(xs):.{digits}f} +- {sd:.{digits}f}"
 
 
-COLUMNS = [("miou", "val mIoU"), ("ece", "ECE"), ("err_auroc", "error AUROC"), ("pavpu", "PAvPU@0.3lnC"),
+COLUMNS = [("miou", "val mIoU"), ("ece", "ECE"), ("err_auroc", "error AUROC"), ("pavpu", "PAvPU@0.5lnC"),
            ("acc_interior", "acc interior"), ("acc_border", "acc border"),
            ("mi_share", "interior MI share"), ("mi_share_err", "interior MI share (errors)"),
            ("zero_dmiou", "dmIoU zero ctx"), ("zero_changed", "changed zero ctx"),
