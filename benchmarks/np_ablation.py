@@ -33,8 +33,11 @@ VARIANTS: dict[str, dict] = {
     "np_splitnorm": {"model.decoder": "splitnorm"},
     "np_film": {"model.decoder": "film"},
     "np_film_last": {"model.decoder": "film_last"},
-    # anomaly diagnosis: intended mode trained with the released variance-reading KL
+    # anomaly diagnosis (benchmarks/np_anomaly.py): intended mode trained with the released variance-reading KL;
+    # the spec decoder with z = d = 0 (no NP path at all); released with a random bank write of K rows per class
     "np_spec_varkl": {"model.decoder": "spec", "_patch": "kl_variance"},
+    "np_spec_nolatent": {"model.decoder": "spec", "_patch": "no_latent"},
+    "np_released_budget": {"model.np_mode": "released", "model.pixels_per_class": 100000},
 }
 DEFAULT_VARIANTS = ["plain", "mc_dropout", "np_spec", "np_released", "np_film", "np_film_last"]
 SETTINGS: dict[str, dict] = {
@@ -50,21 +53,30 @@ def _kl_normal():
     return kl_normal
 
 
-_KL = None
+_KL = _DECODE = None
 
 
 def _patch(kind: str) -> None:
     """Diagnostic training switches that have no config key (applied in the run's own process)."""
+    import torch
+
     if kind == "kl_variance":
         import npsemiseg.models.np_head as nph
 
         nph.kl_normal = lambda mq, sq, mp_, sp, variance=False: _KL(mq, sq, mp_, sp, variance=True)
 
 
+    if kind == "no_latent":
+        import npsemiseg.models.np_head as nph
+
+        nph.NPHead.decode = lambda self, f, z, d: self.decoder(f, torch.zeros_like(z), torch.zeros_like(d))
+
+
 def _unpatch() -> None:
     import npsemiseg.models.np_head as nph
 
     nph.kl_normal = _KL
+    nph.NPHead.decode = _DECODE
 
 
 def _run(job: dict) -> dict:
@@ -81,8 +93,12 @@ def _run(job: dict) -> dict:
     from npsemiseg.engine.loop import fit
     from npsemiseg.models import build_model
 
-    global _KL
+    global _KL, _DECODE
     _KL = _KL or _kl_normal()
+    if _DECODE is None:
+        from npsemiseg.models.np_head import NPHead
+
+        _DECODE = NPHead.decode
     _unpatch()  # worker processes are reused: undo a previous run's patch
     over = dict(job["overrides"])
     if "_patch" in over:
