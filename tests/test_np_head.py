@@ -409,3 +409,20 @@ def test_bank_budget_is_global_across_ranks(world: int) -> None:
     assert torch.bincount(torch.cat([head.select_rows(query[r::world], labels[r::world], rank=r,
                                                       world_size=world)[1] for r in range(world)]),
                           minlength=C).tolist() == [64] * C
+
+
+def test_row_draws_use_their_own_resumable_stream() -> None:
+    """Drawing bank rows leaves the global RNG alone (bank settings do not shift augmentation or latent noise);
+    successive draws differ; a head restored from state_dict draws what the original would have drawn."""
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(2, L, 12, 12, generator=g)
+    labels = torch.randint(0, C, (2, 12, 12), generator=g)
+    head = NPHead(8, C, L, channels=8, bank_capacity=64, pixels_per_class=10)
+    state = torch.get_rng_state()
+    first = head.select_rows(query, labels)[0]
+    assert torch.equal(torch.get_rng_state(), state)
+    restored = NPHead(8, C, L, channels=8, bank_capacity=64, pixels_per_class=10)
+    restored.load_state_dict(head.state_dict())
+    second = head.select_rows(query, labels)[0]
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(restored.select_rows(query, labels)[0], second)

@@ -118,6 +118,7 @@ class NPHead(nn.Module):
         self.decoder: SpecDecoder = build_decoder(decoder, D, L, channels, num_classes)
         self.context_bank = MemoryBank(num_classes, bank_capacity, L)
         self.target_bank = MemoryBank(num_classes, bank_capacity, L)
+        self.register_buffer("bank_draws", torch.zeros((), dtype=torch.long))  # seeds the row draws
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_normal_(m.weight)
@@ -183,7 +184,19 @@ class NPHead(nn.Module):
 
             labels = downsample_labels(labels, query.shape[-2:])
         rows, cls = gather_rows(query.detach(), labels, self.num_classes, released=self.released)
-        return subsample_per_class(rows, cls, self.rank_share(rank, world_size), self.num_classes, generator)
+        share = self.rank_share(rank, world_size)
+        if generator is None and share > 0:
+            generator = self._draw_generator(rank, cls.device)
+        return subsample_per_class(rows, cls, share, self.num_classes, generator)
+
+    def _draw_generator(self, rank: int, device: torch.device) -> torch.Generator:
+        """The bank's own random stream: seeded by a draw counter kept in ``state_dict`` (so a resumed run draws
+        the same rows) and the rank. Drawing rows never consumes the global RNG, so the bank-write settings do
+        not shift the augmentation / latent-noise stream (runs that differ only there stay paired)."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(self.bank_draws) * 1_000_003 + rank + 12_345)
+        self.bank_draws += 1
+        return gen
 
     def budget(self) -> int:
         """Rows per class written per step over all ranks: ``pixels_per_class``, capped at the capacity K (0 =
