@@ -63,7 +63,7 @@ class ModelConfig:
     head: str = "np"  # np | plain | mcdropout
     latent_dim: int = 32  # L
     bank_capacity: int = 2560  # K rows per class per bank: the "context size"
-    pixels_per_class: int = 0  # rows sampled per class per step before the bank write (0 = all)
+    pixels_per_class: int = 0  # rows drawn at random per class per step, over all ranks (0 = K; released: 0 = all)
     t_train: int = 5
     t_eval: int = 20
     kl_weight: float = 0.005
