@@ -157,6 +157,28 @@ def print_tables(results: list[dict]) -> None:
             print(f"| {v} | " + " | ".join(cells) + " |")
 
 
+def _load_runs(folder: Path) -> list[dict]:
+    """Runs of one output folder: runs.jsonl (written as runs finish), else results.json."""
+    if (folder / "runs.jsonl").is_file():
+        return [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines() if line.strip()]
+    return json.loads((folder / "results.json").read_text())
+
+
+def print_paired(results: list[dict], ref: str) -> None:
+    """Per setting, each variant's val mIoU minus ``ref``'s on the same seed: mean +- std over shared seeds."""
+    for setting in dict.fromkeys(r["setting"] for r in results):
+        base = {r["seed"]: r["miou"] for r in results if r["setting"] == setting and r["variant"] == ref}
+        if not base:
+            continue
+        print(f"\npaired val mIoU difference vs {ref}, setting {setting}:")
+        for v in dict.fromkeys(r["variant"] for r in results if r["setting"] == setting):
+            diffs = {r["seed"]: r["miou"] - base[r["seed"]] for r in results
+                     if r["setting"] == setting and r["variant"] == v and r["seed"] in base}
+            if v != ref and diffs:
+                per = ", ".join(f"s{k} {d:+.4f}" for k, d in sorted(diffs.items()))
+                print(f"  {v:20s} {_fmt(list(diffs.values()))}  ({per})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=str(REPO / "demo_data"), help="make-demo-data output (made if absent)")
@@ -171,12 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="parallel single-threaded runs")
     ap.add_argument("--smoke-test", action="store_true", help="tiny data, 1 seed, 3 steps, 4 val images")
     ap.add_argument("--report", action="store_true", help="only print the tables of <out>/runs.jsonl")
+    ap.add_argument("--also", nargs="*", default=[], help="--report: more output folders whose runs to include")
+    ap.add_argument("--paired-with", default="np_spec", help="--report: variant for per-seed paired mIoU differences")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.report:
-        results = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
+        results = [r for d in [out, *map(Path, args.also)] for r in _load_runs(d)]
         results.sort(key=lambda r: (r["setting"], list(VARIANTS).index(r["variant"]), r["seed"]))
         print_tables(results)
+        print_paired(results, args.paired_with)
         return 0
 
     scale = "tiny" if args.smoke_test else "demo"
