@@ -146,6 +146,15 @@ def print_tables(results: list[dict]) -> None:
             vr = [r for r in rows if r["variant"] == v]
             cells = [_fmt([r.get(k, float("nan")) for r in vr], 2 if k == "time_rel" else 4) for k, _ in COLUMNS]
             print(f"| {v} | " + " | ".join(cells) + " |")
+        for v in dict.fromkeys(r["variant"] for r in rows if "banks_on_miou" in r):
+            vr = [r for r in rows if r["variant"] == v and "banks_on_miou" in r]
+            change = _fmt([r["banks_on_miou"] - r["miou"] for r in vr])
+            print(f"{v} evaluated with its trained centres instead of zeros: mIoU "
+                  f"{_fmt([r['banks_on_miou'] for r in vr])} (change {change})")
+        for v in dict.fromkeys(r["variant"] for r in rows if "time_rel_full" in r):
+            vr = [r for r in rows if r["variant"] == v and "time_rel_full" in r]
+            full = _fmt([r["time_rel_full"] for r in vr], 2)
+            print(f"{v} with the whole network rerun T times: T=20 time / plain {full}")
         thr = rows[0]["pavpu_thresholds"]
         print(f"\nPAvPU curve (uncertainty threshold as a fraction of ln C = {rows[0]['ln_c']:.3f}; 4x4 patches, "
               "accurate = >= 50% correct):")
