@@ -3,11 +3,14 @@
     .venv/bin/python benchmarks/bank_update.py          # 21 classes, crop 480 -> 120x120 labels, batch 4, L=32
     .venv/bin/python benchmarks/bank_update.py --smoke-test
 
-Both paths do the same work and end with identical banks (checked): gather one row per labelled pixel of the
-stride-4 query, write the labelled images' rows into the context bank and all rows into the target bank (FIFO,
-K rows per class), recompute the centres. The loop is the straightforward per-class version (mask, select,
-ring write, mean). A third line times the released pipeline's extra cost, upsampling the query to the full
-crop before the per-class loop. Interleaved repeats, medians of process CPU time (robust on a shared machine;
+Both paths write the same rows and end with identical banks (checked): the vectorised path draws the step's rows
+(``select_rows``: one row per labelled pixel of the stride-4 query, at most the budget K per class, at random),
+writes the labelled images' rows into the context bank and its draw over all images into the target bank (FIFO,
+K rows per class), recomputes the centres; the loop is the straightforward per-class version (mask, select,
+ring write, mean) of the same write. A third line times the released pipeline's extra cost, upsampling the
+query to the full crop before the per-class loop. Last, where the stored rows come from on two one-class maps
+(mean row index, (h - 1) / 2 if unbiased) for the default random write and a raster-order FIFO of every row.
+Interleaved repeats, medians of process CPU time (robust on a shared machine;
 run with --threads 1 for that).
 """
 from __future__ import annotations
@@ -78,15 +81,19 @@ def main(argv: list[str] | None = None) -> None:
         lab[:, :, :2] = IGNORE
         return q, lab
 
+    drawn: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
     def vectorised(q: torch.Tensor, lab: torch.Tensor) -> None:
         rows, cls = vec.select_rows(q, lab)
         ctx = vec.select_rows(q[:n_lab], lab[:n_lab])
         vec.update_banks(*ctx, rows, cls)
+        drawn["ctx"], drawn["tgt"] = ctx, (rows, cls)
 
-    def looped(q: torch.Tensor, lab: torch.Tensor) -> None:
+    def looped(q: torch.Tensor, lab: torch.Tensor) -> None:  # the same rows, written class by class
         with torch.no_grad():
-            loop_push(ref.context_bank, loop_select(q[:n_lab], lab[:n_lab], a.classes))
-            loop_push(ref.target_bank, loop_select(q, lab, a.classes))
+            for bank, key in ((ref.context_bank, "ctx"), (ref.target_bank, "tgt")):
+                rows, cls = drawn[key]
+                loop_push(bank, [rows[cls == c] for c in range(a.classes)])
 
     def released_upsample(q: torch.Tensor, lab: torch.Tensor) -> None:
         with torch.no_grad():
@@ -116,6 +123,24 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {k:24s}: median {v * 1e3:8.2f} ms (process CPU time)")
     print(f"per-class loop / vectorised: {med['per-class loop'] / med['vectorised']:.2f}x; "
           f"released upsample+loop / vectorised: {med['released upsample+loop'] / med['vectorised']:.2f}x")
+    where_rows_come_from(h, a.capacity)
+
+
+def where_rows_come_from(h: int, capacity: int) -> None:
+    """Two h x h maps of one class, feature = the pixel's row index y: the stored rows' mean y and second-image
+    share after one write, default (random, budget K) vs a raster-order FIFO of every pixel."""
+    y = torch.arange(h, dtype=torch.float32)[:, None].expand(h, h)
+    query = torch.stack([y, y + 1000.0])[:, None]  # image 2 rows carry +1000
+    labels = torch.zeros(2, h, h, dtype=torch.long)
+    for name, mode in (("default random write", "intended"), ("raster-order FIFO (every row)", "released")):
+        head = NPHead(8, 1, 1, channels=8, bank_capacity=capacity, np_mode=mode)
+        rows, cls = head.select_rows(query, labels)
+        head.update_banks(rows, cls, rows, cls)
+        stored = head.context_bank.rows[0, :int(head.context_bank.count[0]), 0]
+        second = stored >= 1000
+        print(f"  {name:30s}: {stored.numel()} rows of {2 * h * h}, mean row index "
+              f"{(stored - 1000.0 * second).mean():.1f} (unbiased {(h - 1) / 2:.1f}), "
+              f"from the second image {second.float().mean():.0%}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/np_step_ratio.py                      # ResNet-50 OS8, crop 321, batch 2, T=5
     .venv/bin/python benchmarks/np_step_ratio.py --crop 161 --repeats 3   # quicker
     .venv/bin/python benchmarks/np_step_ratio.py --smoke-test
+    .venv/bin/python benchmarks/np_step_ratio.py --threads 1 --decoders spec film_last   # one NP model per decoder
 
 A step is what the student does in the loop: forward (NP: T latent samples), cross-entropy on the mean logits
-upsampled to the crop, + KL for NP, backward, SGD step, and for NP the bank write (select_rows + update_banks).
+upsampled to the crop, + KL for NP, backward, SGD step, and for NP the bank write (select_rows + update_banks,
+default budget). ``--decoders`` picks the NP decoders timed (``auto`` = the default one).
 The two models are timed alternately (interleaved repeats) and the median ratio is printed, for wall time and for
 process CPU time (with --threads 1 the latter is robust on a machine shared with other jobs).
 """
@@ -21,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from npsemiseg.config import ModelConfig
 from npsemiseg.models import build_model, downsample_labels, upsample_logits
+from npsemiseg.models.build import resolve_decoder
 
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t: int, kl_weight: float):
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--no-flops", action="store_true", help="skip the (noise-free) FLOP count of one step each")
+    ap.add_argument("--decoders", nargs="+", default=["auto"], help="NP decoders (model.decoder values)")
     ap.add_argument("--smoke-test", action="store_true", help="tiny model, one repeat")
     a = ap.parse_args(argv)
     if a.smoke_test:
@@ -68,9 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.randint(0, a.classes, (a.batch, a.crop, a.crop))
     y[:, :4] = 255
     steps = {}
-    for head in ("plain", "np"):
-        model = build_model(ModelConfig(head=head, **common), a.classes).train()
-        steps[head] = make_step(model, x, y, a.t if head == "np" else 1, 0.005)
+    model = build_model(ModelConfig(head="plain", **common), a.classes).train()
+    steps["plain"] = make_step(model, x, y, 1, 0.005)
+    for dec in a.decoders:
+        mcfg = ModelConfig(head="np", decoder=dec, **common)
+        model = build_model(mcfg, a.classes).train()
+        steps[f"np[{resolve_decoder(mcfg)}]"] = make_step(model, x, y, a.t, 0.005)
+    nps = [k for k in steps if k != "plain"]
     for _ in range(a.warmup):
         for s in steps.values():
             s()
@@ -90,16 +98,18 @@ def main(argv: list[str] | None = None) -> None:
             with FlopCounterMode(display=False) as counter:
                 s()
             flops[name] = counter.get_total_flops()
-        print(f"  conv/matmul FLOPs per step (forward + backward, counted by torch): "
-              f"plain {flops['plain'] / 1e9:.1f} G, np {flops['np'] / 1e9:.1f} G, "
-              f"ratio {flops['np'] / flops['plain']:.3f}x")
+        for name in nps:
+            print(f"  conv/matmul FLOPs per step (forward + backward, counted by torch): "
+                  f"plain {flops['plain'] / 1e9:.1f} G, {name} {flops[name] / 1e9:.1f} G, "
+                  f"ratio {flops[name] / flops['plain']:.3f}x")
     for label, times in (("wall", wall), ("process CPU", cpu)):
-        ratios = [n / p for n, p in zip(times["np"], times["plain"])]
         for name in steps:
-            print(f"  {label} {name:5s} step: median {statistics.median(times[name]):.3f} s  "
+            print(f"  {label} {name:14s} step: median {statistics.median(times[name]):.3f} s  "
                   f"[{', '.join(f'{v:.3f}' for v in times[name])}]")
-        print(f"NP step / plain step ({label} time): median {statistics.median(ratios):.3f}x "
-              f"(per-repeat {', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.15x)")
+        for name in nps:
+            ratios = [n / p for n, p in zip(times[name], times["plain"])]
+            print(f"{name} step / plain step ({label} time): median {statistics.median(ratios):.3f}x "
+                  f"(per-repeat {', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.15x)")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""P2: uncertainty inference time, MC dropout T=20 / NP head T=20, same backbone (target >= 8x faster for NP).
+"""P2: uncertainty inference time, MC dropout T=20 / NP head T=20, same backbone.
 
     .venv/bin/python benchmarks/uncertainty_speed.py                  # ResNet-50 OS8, crop 321, batch 1, T=20
     .venv/bin/python benchmarks/uncertainty_speed.py --crop 161 --repeats 3
     .venv/bin/python benchmarks/uncertainty_speed.py --smoke-test
 
 Each timed call produces what evaluation needs: T x B x C logits, their mean softmax and its entropy, in eval
-mode under no_grad. MC dropout runs T full forward passes; the NP head runs the trunk once and T latent samples
-through its decoder (first conv computed once). "np-naive" is the same NP head decoding cat(z, F, d) with T full
-decoder passes, to show what the first-conv split buys. Interleaved repeats, medians of wall and process CPU time
-(with --threads 1 the latter is robust on a machine shared with other jobs).
+mode under no_grad. Two MC-dropout baselines: "mc-full" reruns the whole network T times (the old, unfair
+comparison); "mc-head" (the fair one, ``model.mc_dropout_scope=head``) runs the encoder and the first fusion
+block once and only the layers after the first Dropout2d T times. The NP heads run the trunk once and T latent
+samples through their decoder (``--decoders``; conv(F) once). Interleaved repeats, medians of wall and process
+CPU time (with --threads 1 the latter is robust on a machine shared with other jobs).
 """
 from __future__ import annotations
 
@@ -21,22 +22,13 @@ import torch
 from npsemiseg.config import ModelConfig
 from npsemiseg.metrics import entropy
 from npsemiseg.models import SegModel, build_model, gather_rows, mean_probs
+from npsemiseg.models.build import resolve_decoder
 
 
-def uncertainty(model: SegModel, x: torch.Tensor, t: int, naive: bool = False) -> torch.Tensor:
+def uncertainty(model: SegModel, x: torch.Tensor, t: int) -> torch.Tensor:
     """Entropy of the mean prediction over T samples (B x h x w)."""
     with torch.no_grad():
-        if naive:
-            head = model.np_head
-            feats = model.encoder(x)
-            head.decode = head.decode_reference  # instance override: same head, naive decoder
-            try:
-                logits = head(feats, t)[0]
-            finally:
-                del head.decode
-        else:
-            logits = model(x, num_samples=t).logits
-        return entropy(mean_probs(logits))
+        return entropy(mean_probs(model(x, num_samples=t).logits))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--t", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--decoders", nargs="+", default=["auto", "spec"], help="NP decoders (model.decoder values)")
     ap.add_argument("--smoke-test", action="store_true", help="tiny model, one repeat")
     a = ap.parse_args(argv)
     if a.smoke_test:
@@ -59,16 +52,23 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     aspp = 256 if a.width >= 64 else 4 * a.width
     common = dict(backbone=a.backbone, width=a.width, output_stride=a.output_stride, aspp_channels=aspp)
-    mc = build_model(ModelConfig(head="mcdropout", dropout=0.1, **common), a.classes).eval()
-    np_model = build_model(ModelConfig(head="np", **common), a.classes)
-    with torch.no_grad():  # give the banks something to attend to, as after training
-        q = np_model(torch.randn(1, 3, 64, 64)).query
-        lab = torch.randint(0, a.classes, (1, *q.shape[2:]))
-        np_model.np_head.update_banks(*gather_rows(q, lab, a.classes), *gather_rows(q, lab, a.classes))
-    np_model.eval()
+    runs = {}
     x = torch.randn(a.batch, 3, a.crop, a.crop)
-    runs = {"mcdropout": lambda: uncertainty(mc, x, a.t), "np": lambda: uncertainty(np_model, x, a.t),
-            "np-naive": lambda: uncertainty(np_model, x, a.t, naive=True)}
+    mc = build_model(ModelConfig(head="mcdropout", dropout=0.1, **common), a.classes).eval()
+    mc_full = build_model(ModelConfig(head="mcdropout", dropout=0.1, mc_dropout_scope="full", **common), a.classes)
+    mc_full.load_state_dict(mc.state_dict())
+    mc_full.eval()
+    runs["mc-full"] = lambda: uncertainty(mc_full, x, a.t)
+    runs["mc-head"] = lambda: uncertainty(mc, x, a.t)
+    for dec in a.decoders:
+        mcfg = ModelConfig(head="np", decoder=dec, **common)
+        np_model = build_model(mcfg, a.classes)
+        with torch.no_grad():  # give the banks something to attend to, as after training
+            q = np_model(torch.randn(1, 3, 64, 64)).query
+            lab = torch.randint(0, a.classes, (1, *q.shape[2:]))
+            np_model.np_head.update_banks(*gather_rows(q, lab, a.classes), *gather_rows(q, lab, a.classes))
+        np_model.eval()
+        runs[f"np[{resolve_decoder(mcfg)}]"] = lambda m=np_model: uncertainty(m, x, a.t)
     for f in runs.values():  # warm-up
         f()
     wall: dict[str, list[float]] = {k: [] for k in runs}
@@ -81,16 +81,16 @@ def main(argv: list[str] | None = None) -> None:
             cpu[name].append(time.process_time() - c0)
     print(f"{a.backbone} width {a.width} OS{a.output_stride} crop {a.crop} batch {a.batch} T={a.t} "
           f"threads {torch.get_num_threads()} repeats {a.repeats} (interleaved, eval, no_grad)")
+    nps = [k for k in runs if k.startswith("np")]
     for label, times in (("wall", wall), ("process CPU", cpu)):
         for name in runs:
-            print(f"  {label} {name:9s}: median {statistics.median(times[name]):.3f} s  "
+            print(f"  {label} {name:14s}: median {statistics.median(times[name]):.3f} s  "
                   f"[{', '.join(f'{v:.3f}' for v in times[name])}]")
-        med = {k: statistics.median(v) for k, v in times.items()}
-        pair = [m / n for m, n in zip(times["mcdropout"], times["np"])]
-        print(f"MC dropout / NP ({label} time): median {statistics.median(pair):.2f}x "
-              f"(per-repeat {', '.join(f'{r:.2f}' for r in pair)}; target >= 8x); "
-              f"MC dropout / NP-naive decoder: {med['mcdropout'] / med['np-naive']:.2f}x; "
-              f"NP-naive / NP: {med['np-naive'] / med['np']:.2f}x")
+        for mc_name in ("mc-full", "mc-head"):
+            for name in nps:
+                pair = [m / n for m, n in zip(times[mc_name], times[name])]
+                print(f"{mc_name} / {name} ({label} time): median {statistics.median(pair):.2f}x "
+                      f"(per-repeat {', '.join(f'{r:.2f}' for r in pair)})")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ DATASETS = ("voc", "cityscapes", "list")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 HEADS = ("np", "plain", "mcdropout")
 NP_MODES = ("intended", "released")
+NP_DECODERS = ("auto", "spec", "splitnorm", "film", "film_last")  # npsemiseg.models.np_decoders
+MC_SCOPES = ("head", "full")
 TEST_LATENTS = ("posterior", "prior")
 VAL_MODES = ("original", "center_crop", "sliding_window")
 # Keys earlier versions wrote into checkpoints and exports; skipped when read back so those still load.
@@ -64,13 +66,17 @@ class ModelConfig:
     head: str = "np"  # np | plain | mcdropout
     latent_dim: int = 32  # L
     bank_capacity: int = 2560  # K rows per class per bank: the "context size"
-    pixels_per_class: int = 0  # rows sampled per class per step before the bank write (0 = all)
+    pixels_per_class: int = 0  # rows drawn at random per class per step, over all ranks (0 = K; released: 0 = all)
     t_train: int = 5
     t_eval: int = 20
     kl_weight: float = 0.005
     np_mode: str = "intended"  # intended | released (scrambled gather, zero eval centres, variance-KL)
     test_latent: str = "posterior"  # posterior | prior
-    dropout: float = 0.1  # mcdropout head only
+    # NP decoder: auto (spec when np_mode=released, else the measured default) | spec | splitnorm | film | film_last
+    decoder: str = "auto"
+    dropout: float = 0.1  # mcdropout head only (Dropout2d after each fusion block)
+    # mcdropout at eval: head = encoder once and T passes after the first dropout; full = T whole-network passes
+    mc_dropout_scope: str = "head"
 
 
 @dataclass
@@ -215,6 +221,9 @@ def validate(cfg: Config) -> Config:
     _check(m.kl_weight >= 0, "model.kl_weight", "must be >= 0")
     _check(m.np_mode in NP_MODES, "model.np_mode", f"must be one of {NP_MODES}, got {m.np_mode!r}")
     _check(m.test_latent in TEST_LATENTS, "model.test_latent", f"must be one of {TEST_LATENTS}")
+    _check(m.decoder in NP_DECODERS, "model.decoder", f"must be one of {NP_DECODERS}, got {m.decoder!r}")
+    _check(m.mc_dropout_scope in MC_SCOPES, "model.mc_dropout_scope",
+           f"must be one of {MC_SCOPES}, got {m.mc_dropout_scope!r}")
     _check(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     if m.pretrained and m.pretrained != "torchvision":
         _check(os.path.isfile(m.pretrained), "model.pretrained", f"file not found: {m.pretrained}")

@@ -186,6 +186,9 @@ def test_banks_identical_across_ranks_and_equal_to_single_process(ray_session, t
     from npsemiseg.engine.step import build_state, train_step
 
     world = 2
+    # K large enough that the per-step random row draw keeps every row: one process's draw over the global batch
+    # and two ranks' draws over their halves can then be compared row for row
+    tiny_cfg = apply_overrides(tiny_cfg, {"model.bank_capacity": 4096})
     batches, num_classes = _global_batches(tiny_cfg, world)
     torch.save(batches, tmp_path / "batches.pt")
     trainer = TorchTrainer(

@@ -179,6 +179,29 @@ def test_mc_dropout_stays_on_at_eval_and_plain_is_deterministic() -> None:
     torch.testing.assert_close(out0[0], out0[2])
 
 
+@pytest.mark.parametrize("scope", ["head", "full"])
+def test_mc_dropout_scope_runs_encoder_once_or_t_times(scope: str) -> None:
+    """``head`` (the fair baseline): encoder and the first fusion block once, the layers after the first
+    (channel) dropout T times; ``full``: the whole network T times. Both give T different samples."""
+    torch.manual_seed(0)
+    model = build_model(tiny(head="mcdropout", dropout=0.3, mc_dropout_scope=scope), C).eval()
+    calls = {"enc": 0, "fuse1": 0, "fuse2": 0}
+    for name, mod in (("enc", model.encoder), ("fuse1", model.head.fuse1), ("fuse2", model.head.fuse2)):
+        mod.register_forward_hook(lambda *a, n=name: calls.__setitem__(n, calls[n] + 1))
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64), num_samples=5).logits
+    assert out.shape[:2] == (5, 2) and not torch.allclose(out[0], out[1])
+    once = 1 if scope == "head" else 5
+    assert calls == {"enc": once, "fuse1": once, "fuse2": 5}
+    # Dropout2d drops whole channels: the dropped channels of fuse2's input are zero at every pixel
+    x = model.head.fuse1(model.encoder(torch.randn(1, 3, 64, 64)))
+    dropped = model.head._drop(x)
+    zero = dropped.flatten(2).abs().amax(-1) == 0
+    assert zero.any() and torch.equal(zero, (dropped == 0).flatten(2).all(-1))
+    model.train()
+    assert model(torch.randn(2, 3, 64, 64), num_samples=5).logits.shape[0] == 1  # training: one pass
+
+
 def test_helpers_shapes_and_values() -> None:
     logits = torch.randn(3, 2, C, 16, 16)
     up = upsample_logits(logits, (64, 48))
@@ -217,3 +240,17 @@ def test_convert_syncbn_to_bn_round_trip() -> None:
     sd = back.state_dict()
     assert list(sd) == list(ref_sd)
     assert all(torch.equal(sd[k], ref_sd[k]) for k in sd)
+
+
+def test_decoder_and_mc_scope_keys_are_validated_and_resolved() -> None:
+    from npsemiseg.config import load_config
+    from npsemiseg.errors import ConfigError
+    from npsemiseg.models.build import DEFAULT_DECODER, resolve_decoder
+
+    for key in ("model.decoder=bogus", "model.mc_dropout_scope=encoder"):
+        with pytest.raises(ConfigError, match=key.split("=")[0]):
+            load_config(None, [key])
+    assert resolve_decoder(tiny()) == DEFAULT_DECODER != "spec"
+    assert resolve_decoder(tiny(np_mode="released")) == "spec"  # the release as it is
+    assert resolve_decoder(tiny(np_mode="released", decoder="film")) == "film"
+    assert build_model(tiny(head="np", decoder="film"), C).np_head.decoder_kind == "film"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+import npsemiseg.models.np_decoders as npd
 import npsemiseg.models.np_head as nph
 from npsemiseg.config import ModelConfig
 from npsemiseg.models import MemoryBank, NPHead, build_model, gather_rows, kl_normal, subsample_per_class
@@ -163,10 +164,11 @@ def test_aggregator_matches_reference_values_and_gradients(monkeypatch) -> None:
     assert torch.equal(zero, torch.zeros_like(zero))
 
 
+@pytest.mark.parametrize("decoder", npd.DECODERS)
 @pytest.mark.parametrize("hw", [(5, 7), (1, 4), (8, 8)])
-def test_split_first_conv_equals_naive_concat(hw: tuple[int, int], monkeypatch) -> None:
+def test_split_first_conv_equals_naive_concat(hw: tuple[int, int], decoder: str, monkeypatch) -> None:
     torch.manual_seed(0)
-    head = NPHead(10, C, L, channels=12).double()
+    head = NPHead(10, C, L, channels=12, decoder=decoder).double()
     for p in head.parameters():  # non-zero biases so the bias path is checked too
         torch.nn.init.normal_(p)
     feats = torch.randn(3, 10, *hw, dtype=torch.double)
@@ -174,7 +176,7 @@ def test_split_first_conv_equals_naive_concat(hw: tuple[int, int], monkeypatch) 
     d = torch.randn(3, L, dtype=torch.double)
     ref = head.decode_reference(feats, z, d)
     torch.testing.assert_close(head.decode(feats, z, d), ref)
-    monkeypatch.setattr(nph, "DECODE_ELEMS", 1)  # no-grad decoding in chunks of one sample
+    monkeypatch.setattr(npd, "DECODE_ELEMS", 1)  # no-grad decoding in chunks of one sample
     with torch.no_grad():
         torch.testing.assert_close(head.decode(feats, z, d), ref)
 
@@ -269,3 +271,158 @@ def test_prior_and_posterior_test_latents() -> None:
         eps = torch.randn(3, *mu_c.shape)
         ref = head.decode(feats, mu_c + s_c * eps, pooled_c)
     torch.testing.assert_close(b, ref)
+
+
+def _interior_border_effect(decoder: str, which: str, size: int = 24) -> tuple[float, float]:
+    """Mean |logit change| in the interior (>= 2 cells from the edge) and on the border ring of a size x size map
+    when z (or d) changes, for a randomly initialised head."""
+    torch.manual_seed(0)
+    head = NPHead(16, C, L, channels=16, decoder=decoder).eval()
+    feats = torch.randn(2, 16, size, size)
+    z, d = torch.randn(1, 2, L), torch.randn(2, L)
+    z2, d2 = (z + torch.randn_like(z), d) if which == "z" else (z, d + torch.randn_like(d))
+    with torch.no_grad():
+        delta = (head.decode(feats, z2, d2) - head.decode(feats, z, d)).abs().mean((0, 1, 2))  # h x w
+    inner = torch.zeros(size, size, dtype=torch.bool)
+    inner[2:-2, 2:-2] = True
+    ring = torch.ones(size, size, dtype=torch.bool)
+    ring[1:-1, 1:-1] = False
+    return float(delta[inner].mean()), float(delta[ring].mean())
+
+
+@pytest.mark.parametrize("decoder", ["splitnorm", "film", "film_last"])
+@pytest.mark.parametrize("which", ["z", "d"])
+def test_new_decoders_let_z_and_d_reach_the_interior(decoder: str, which: str) -> None:
+    inner, border = _interior_border_effect(decoder, which)
+    assert border > 0 and inner >= 0.1 * border, (inner, border)
+
+
+@pytest.mark.parametrize("which", ["z", "d"])
+def test_spec_decoder_is_inert_in_the_interior(which: str) -> None:
+    """A documented property of the spec's decoder (docs/method.md §7.2): InstanceNorm after the first conv
+    removes the spatially constant (z, d) part, so z and d reach the interior only through the border's share of
+    the norm statistics: the interior/border ratio falls about as 1 / map size (0.17 at 24 x 24 here)."""
+    inner24, border24 = _interior_border_effect("spec", which, 24)
+    inner48, border48 = _interior_border_effect("spec", which, 48)
+    assert border24 > 1e-2 and border48 > 1e-2
+    assert inner24 < 0.3 * border24 and inner48 / border48 < 0.75 * inner24 / border24, (inner24, inner48)
+
+
+def test_film_last_runs_only_the_classifier_per_sample() -> None:
+    torch.manual_seed(0)
+    head = NPHead(16, C, L, channels=16, decoder="film_last")
+    feats = torch.randn(1, 16, 6, 6)
+    calls = []
+    hook = head.decoder.dec2.register_forward_hook(lambda *a: calls.append(1))
+    head.decode(feats, torch.randn(7, 1, L), torch.randn(1, L))
+    hook.remove()
+    assert len(calls) == 1  # the 3x3 convs run once for 7 samples
+
+
+def _shuffle_centres_(head: NPHead, perm: torch.Tensor) -> None:
+    """Permute the entries of each bank's C x L centre matrix (``perm`` over C * L entries)."""
+    for bank in (head.context_bank, head.target_bank):
+        bank.centres.copy_(bank.centres.flatten()[perm].view_as(bank.centres))
+
+
+def test_aggregator_is_invariant_to_class_permutations_of_the_centres() -> None:
+    """docs/method.md §2's readout r[d] = sum_c softmax_c(-(q[d] - m[c,d])^2) m[c,d] is a symmetric function of the
+    C values m[:, d]: permuting classes (even a different permutation per latent dim) cannot change anything, so a
+    context-sensitivity check must move values across dims (or replace them), not only across classes."""
+    g = torch.Generator().manual_seed(0)
+    q, m = torch.randn(2, L, 5, 5, generator=g), torch.randn(C, L, generator=g)
+    per_dim = torch.stack([m[torch.randperm(C, generator=g), j] for j in range(L)], 1)
+    torch.testing.assert_close(nph.attend_mean(q, per_dim), nph.attend_mean(q, m))
+    mixed = m.flatten()[torch.randperm(C * L, generator=g)].view(C, L)
+    assert not torch.allclose(nph.attend_mean(q, mixed), nph.attend_mean(q, m))
+
+
+def test_briefly_trained_model_depends_on_its_centres() -> None:
+    """A tiny model trained for a few steps (banks written as in training) predicts differently in the interior
+    when its trained centres are shuffled (entries across classes and dims); the spec decoder could change only
+    the border."""
+    torch.manual_seed(0)
+    model = build_model(tiny(decoder="film_last", bank_capacity=64), C)
+    head = model.np_head
+    g = torch.Generator().manual_seed(1)
+    y = torch.zeros(4, 64, 64, dtype=torch.long)
+    for i in range(4):  # quadrants of four classes, in a different order per image
+        for q, c in enumerate(torch.randperm(C, generator=g).tolist()):
+            y[i, (q // 2) * 32:(q // 2 + 1) * 32, (q % 2) * 32:(q % 2 + 1) * 32] = c
+    colours = torch.randn(C, 3, generator=g)
+    x = colours[y].permute(0, 3, 1, 2) + 0.3 * torch.randn(4, 3, 64, 64, generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    model.train()
+    for _ in range(12):
+        out = model(x, num_samples=2)
+        logits = torch.nn.functional.interpolate(out.logits.mean(0), size=(64, 64), mode="bilinear")
+        loss = torch.nn.functional.cross_entropy(logits, y) + 0.005 * out.kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rows, cls = head.select_rows(out.query.detach(), y)
+        head.update_banks(rows, cls, rows, cls)
+    model.eval()
+    pred = _eval_logits(model, x).mean(0).argmax(1)
+    _shuffle_centres_(head, torch.randperm(C * L, generator=g))
+    shuffled = _eval_logits(model, x).mean(0).argmax(1)
+    changed = (pred != shuffled)[:, 2:-2, 2:-2].float().mean().item()  # interior of the 16 x 16 map
+    assert changed > 0.01, changed
+
+
+def test_default_bank_write_samples_at_random_not_in_raster_order() -> None:
+    """Two 40 x 40 maps of one class, K = 256: the default write keeps K random rows of the 3200, so the stored
+    rows' mean pixel index is near the middle (1599.5), and both images contribute; a raster-order FIFO would keep
+    only the last 256 rows (mean 3071.5, all from the second image)."""
+    torch.manual_seed(0)
+    head = NPHead(8, C, 1, channels=8, bank_capacity=256)
+    query = torch.arange(3200.0).view(2, 1, 40, 40)  # row value = its raster index
+    labels = torch.zeros(2, 40, 40, dtype=torch.long)
+    rows, cls = head.select_rows(query, labels)
+    head.update_banks(rows, cls, rows, cls)
+    stored = head.context_bank.rows[0, :, 0]
+    assert head.context_bank.count[0] == 256 and len(rows) == 256
+    assert abs(stored.mean().item() - 1599.5) < 150, stored.mean()
+    assert (stored < 1600).sum() > 80 and (stored >= 1600).sum() > 80
+    rel = NPHead(8, C, 1, channels=8, bank_capacity=256, np_mode="released")  # released: every row, as released
+    r_rows, r_cls = rel.select_rows(query, labels)
+    rel.update_banks(r_rows, r_cls, r_rows, r_cls)
+    assert len(r_rows) == 3200 and rel.context_bank.rows[0, :, 0].min() >= 3200 - 256
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_bank_budget_is_global_across_ranks(world: int) -> None:
+    """Rows selected by W simulated ranks (each on its own images) add up, per class, to the same budget as one
+    rank selecting from all the images; without the split each rank would write the whole budget."""
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(6, L, 12, 12, generator=g)
+    labels = torch.randint(0, C, (6, 12, 12), generator=g)
+    head = NPHead(8, C, L, channels=8, bank_capacity=64, pixels_per_class=50)
+    _, one = head.select_rows(query, labels)
+    per_rank = [head.select_rows(query[r::world], labels[r::world], rank=r, world_size=world)[1]
+                for r in range(world)]
+    many = torch.cat(per_rank)
+    assert torch.bincount(one, minlength=C).tolist() == [50] * C
+    assert torch.bincount(many, minlength=C).tolist() == [50] * C
+    assert sorted(len(p) for p in per_rank) == sorted(C * (50 // world + int(r < 50 % world)) for r in range(world))
+    head.pixels_per_class = 0  # 0 = the capacity K, split the same way
+    assert torch.bincount(torch.cat([head.select_rows(query[r::world], labels[r::world], rank=r,
+                                                      world_size=world)[1] for r in range(world)]),
+                          minlength=C).tolist() == [64] * C
+
+
+def test_row_draws_use_their_own_resumable_stream() -> None:
+    """Drawing bank rows leaves the global RNG alone (bank settings do not shift augmentation or latent noise);
+    successive draws differ; a head restored from state_dict draws what the original would have drawn."""
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(2, L, 12, 12, generator=g)
+    labels = torch.randint(0, C, (2, 12, 12), generator=g)
+    head = NPHead(8, C, L, channels=8, bank_capacity=64, pixels_per_class=10)
+    state = torch.get_rng_state()
+    first = head.select_rows(query, labels)[0]
+    assert torch.equal(torch.get_rng_state(), state)
+    restored = NPHead(8, C, L, channels=8, bank_capacity=64, pixels_per_class=10)
+    restored.load_state_dict(head.state_dict())
+    second = head.select_rows(query, labels)[0]
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(restored.select_rows(query, labels)[0], second)

@@ -84,11 +84,13 @@ def update_banks(state: TrainState, query_l: torch.Tensor, mask_l: torch.Tensor,
     if head is None:
         return
     size = query_l.shape[-2:]
-    ctx_rows, ctx_lab = head.select_rows(query_l.float(), downsample_labels(mask_l, size))
+    share = {"rank": state.ctx.rank, "world_size": state.ctx.world_size}  # the per-step budget is global
+    lab_l = downsample_labels(mask_l, size)
+    ctx_rows, ctx_lab = head.select_rows(query_l.float(), lab_l, **share)
     tgt_rows, tgt_lab = ctx_rows, ctx_lab
-    if query_u is not None and label_u is not None:
-        u_rows, u_lab = head.select_rows(query_u.float(), downsample_labels(label_u, query_u.shape[-2:]))
-        tgt_rows, tgt_lab = torch.cat([ctx_rows, u_rows]), torch.cat([ctx_lab, u_lab])
+    if query_u is not None and label_u is not None:  # one random draw over labelled + unlabelled pixels
+        lab_u = downsample_labels(label_u, query_u.shape[-2:])
+        tgt_rows, tgt_lab = head.select_rows(torch.cat([query_l, query_u]).float(), torch.cat([lab_l, lab_u]), **share)
     g = state.ctx.all_gather_rows
     head.update_banks(g(ctx_rows), g(ctx_lab), g(tgt_rows), g(tgt_lab))
 

@@ -1,4 +1,4 @@
-"""Per-class FIFO memory banks of latent rows (spec section 3), vectorised, held as buffers.
+"""Per-class FIFO memory banks of latent rows (docs/method.md §3), vectorised, held as buffers.
 
 A bank keeps, for each of C classes, a ring of at most K rows of L-dim vectors, a write pointer and a fill count,
 plus the per-class centres (mean of the stored rows; zero for an empty class). All are registered buffers, so

@@ -4,8 +4,9 @@
     out = model(x, num_samples=5)          # out.logits: T x B x C x H/4 x W/4, out.kl, out.query
     probs = mean_probs(upsample_logits(out.logits, x.shape[-2:]))   # upsample_logits: models/resize.py
 
-Plain: T is ignored (T = 1). MC dropout: T full passes with dropout on in eval mode (one pass in training mode:
-ordinary dropout training). NP: one encoder pass, T latent samples, in both modes.
+Plain: T is ignored (T = 1). MC dropout in eval mode: one encoder pass and T passes of the head's layers after its
+first dropout (``model.mc_dropout_scope=head``), or T whole-network passes (``full``); in training mode one pass
+(ordinary dropout training). NP: one encoder pass, T latent samples, in both modes.
 """
 from __future__ import annotations
 
@@ -33,11 +34,13 @@ class SegOutput(NamedTuple):
 class SegModel(nn.Module):
     """DeepLabV3+ encoder and a head behind one forward: ``forward(x, num_samples) -> SegOutput``."""
 
-    def __init__(self, encoder: DeepLabV3PlusEncoder, head: nn.Module, head_kind: str) -> None:
+    def __init__(self, encoder: DeepLabV3PlusEncoder, head: nn.Module, head_kind: str,
+                 mc_dropout_scope: str = "head") -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.head_kind = head_kind
+        self.mc_dropout_scope = mc_dropout_scope
 
     @property
     def np_head(self) -> NPHead | None:
@@ -50,9 +53,14 @@ class SegModel(nn.Module):
         if isinstance(self.head, NPHead):
             logits, kl, query = self.head(self.encoder(x), num_samples)
             return SegOutput(logits, kl, query)
-        # MC dropout: T full passes at evaluation; training is ordinary dropout training (one pass)
-        passes = num_samples if isinstance(self.head, MCDropoutHead) and not self.training else 1
-        logits = torch.stack([self.head(self.encoder(x)) for _ in range(passes)])
+        # MC dropout at evaluation: T samples; training is ordinary dropout training (one pass)
+        if isinstance(self.head, MCDropoutHead) and not self.training and num_samples > 1:
+            if self.mc_dropout_scope == "full":
+                logits = torch.stack([self.head(self.encoder(x)) for _ in range(num_samples)])
+            else:
+                logits = self.head.sample(self.encoder(x), num_samples)
+        else:
+            logits = self.head(self.encoder(x))[None]
         return SegOutput(logits, logits.new_zeros(()), None)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -77,10 +85,21 @@ def build_model(mcfg: ModelConfig, num_classes: int) -> SegModel:
         head = MCDropoutHead(enc.out_channels, ch, num_classes, mcfg.dropout)
     elif mcfg.head == "np":
         head = NPHead(enc.out_channels, num_classes, mcfg.latent_dim, ch, mcfg.bank_capacity,
-                      mcfg.pixels_per_class, mcfg.np_mode, mcfg.test_latent)
+                      mcfg.pixels_per_class, mcfg.np_mode, mcfg.test_latent, resolve_decoder(mcfg))
     else:
         raise UserError(f"model.head: must be np, plain or mcdropout, got {mcfg.head!r}")
-    return SegModel(enc, head, mcfg.head)
+    return SegModel(enc, head, mcfg.head, mcfg.mc_dropout_scope)
+
+
+DEFAULT_DECODER = "film_last"  # chosen by benchmarks/np_ablation.py (README "NP head: ablation")
+
+
+def resolve_decoder(mcfg: ModelConfig) -> str:
+    """``model.decoder`` with ``auto`` resolved: the spec's decoder in released mode (the release as it is),
+    else ``DEFAULT_DECODER``."""
+    if mcfg.decoder != "auto":
+        return mcfg.decoder
+    return "spec" if mcfg.np_mode == "released" else DEFAULT_DECODER
 
 
 def mean_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The two non-NP heads on the DeepLabV3+ features F: the plain classifier and its MC-dropout twin.
 
 Both are the DeepLabV3+ fusion convs (3x3 conv, BN, ReLU, twice) and a 1x1 classifier. The MC-dropout head puts
-dropout after each fusion block and keeps it on in eval mode, so T full forward passes give T different
-predictions (the paper's uncertainty baseline).
+channel dropout (``Dropout2d``, as in U2PL's decoder) after each fusion block and keeps it on in eval mode.
+``sample(F, T)`` runs the layers before the first dropout once and only the rest T times, so with the encoder
+run once (``model.mc_dropout_scope=head``) it is the fair uncertainty baseline; ``full`` reruns the whole
+network T times (the cost of MC dropout placed in the encoder).
 """
 from __future__ import annotations
 
@@ -29,16 +31,23 @@ class PlainHead(nn.Module):
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         if self.p <= 0:
             return x
-        return F.dropout(x, self.p, training=self.training or self.mc_dropout)
+        return F.dropout2d(x, self.p, training=self.training or self.mc_dropout)
+
+    def _after_first(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the first fusion block: dropout, fuse2, dropout, classifier."""
+        return self.classifier(self._drop(self.fuse2(self._drop(x))))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self._drop(self.fuse1(feats))
-        x = self._drop(self.fuse2(x))
-        return self.classifier(x)
+        return self._after_first(self.fuse1(feats))
+
+    def sample(self, feats: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """T x B x C x h x w: fuse1 once, the layers from the first dropout on T times."""
+        x = self.fuse1(feats)
+        return torch.stack([self._after_first(x) for _ in range(num_samples)])
 
 
 class MCDropoutHead(PlainHead):
-    """PlainHead with dropout ``p`` that stays on at test time (MC dropout)."""
+    """PlainHead with ``Dropout2d(p)`` that stays on at test time (MC dropout)."""
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float) -> None:
         super().__init__(in_channels, channels, num_classes, dropout=dropout, mc_dropout=True)

@@ -1,15 +1,15 @@
-"""The neural-process head of NP-SemiSeg (spec sections 2, 3, 7, 9), on DeepLabV3+ features F.
+"""The neural-process head of NP-SemiSeg (docs/method.md §2, §3, §7, §9), on DeepLabV3+ features F.
 
     q      = phi(F.detach())                          B x L x h x w  (phi trains, the backbone does not, here)
     r_x(p) = sum_c softmax_c(-(q(p) - m_x[c])^2) m_x[c]   per latent dim, m_x = context / target bank centres
     (mu, sigma) = MLP(mean_hw r_x), sigma = 0.1 + 0.9 softplus     posterior from the target bank, prior from context
     z_t    = mu_post + sigma_post * eps_t,  t = 1..T;   d = mean_hw r_context
-    logits_t = dec(cat(z_t, F, d))                    T x B x C x h x w  (gradients reach the backbone through F)
+    logits_t = dec(F, z_t, d)                         T x B x C x h x w  (gradients reach the backbone through F)
 
 Only the spatial means of r are used, so the aggregator returns them directly; its custom backward uses the
 closed form d r / d q = 2 Var_a(m) and keeps only a B x L x h x w tensor, never the B x C x L x h x w one.
-The first decoder conv is split exactly: conv(F) once for all samples plus a per-sample bias from (z, d) that is
-corrected at the zero-padded border, so only the layers after it run T times.
+The decoder is chosen by ``model.decoder`` (``npsemiseg.models.np_decoders``); each computes conv(F) once for all
+T samples. The spec's decoder lets z and d reach only the border ring (docs/method.md §7.2).
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from npsemiseg.models.banks import MemoryBank, gather_rows, subsample_per_class
+from npsemiseg.models.np_decoders import SpecDecoder, border_masks, build_decoder
 from npsemiseg.models.resize import downsample_labels
 
 CHUNK_ELEMS = 1 << 22  # elements of one L x chunk x C block in the aggregator (16 MiB in float32)
-DECODE_ELEMS = 1 << 26  # first-conv output elements per no-grad decoder chunk of samples
+__all__ = ["NPHead", "attend_mean", "attend_reference", "border_masks", "kl_normal"]
 
 
 def _attend_chunks(q: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,21 +99,12 @@ def kl_normal(mu_q: torch.Tensor, s_q: torch.Tensor, mu_p: torch.Tensor, s_p: to
     return kl.sum(-1).mean()
 
 
-def border_masks(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """9 x h x w: mask[k](y, x) = 1 where the 3x3 kernel tap k (pad 1) reads inside the h x w map."""
-    def axis(n: int) -> torch.Tensor:
-        i = torch.arange(n, device=device)
-        return torch.stack([(i + o >= 0) & (i + o < n) for o in (-1, 0, 1)]).to(dtype)
-    my, mx = axis(h), axis(w)
-    return (my[:, None, :, None] * mx[None, :, None, :]).reshape(9, h, w)
-
-
 class NPHead(nn.Module):
     """NP head: phi, attention aggregator over two banks' centres, latent MLP, decoder; banks as buffers."""
 
     def __init__(self, in_channels: int, num_classes: int, latent_dim: int = 32, channels: int = 256,
                  bank_capacity: int = 2560, pixels_per_class: int = 0, np_mode: str = "intended",
-                 test_latent: str = "posterior") -> None:
+                 test_latent: str = "posterior", decoder: str = "spec") -> None:
         super().__init__()
         L, D = latent_dim, in_channels  # noqa: N806 - the spec's names
         self.num_classes, self.latent_dim, self.in_channels = num_classes, L, D
@@ -123,12 +115,11 @@ class NPHead(nn.Module):
             nn.Conv2d(L, L, 1),
         )
         self.latent_mlp = nn.Sequential(nn.Linear(L, L), nn.ReLU(inplace=True), nn.Linear(L, 2 * L))
-        self.dec1 = nn.Conv2d(2 * L + D, channels, 3, padding=1)  # input order: cat(z, F, d)
-        self.dec2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm = nn.InstanceNorm2d(channels)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.decoder_kind = decoder
+        self.decoder: SpecDecoder = build_decoder(decoder, D, L, channels, num_classes)
         self.context_bank = MemoryBank(num_classes, bank_capacity, L)
         self.target_bank = MemoryBank(num_classes, bank_capacity, L)
+        self.register_buffer("bank_draws", torch.zeros((), dtype=torch.long))  # seeds the row draws
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_normal_(m.weight)
@@ -140,7 +131,7 @@ class NPHead(nn.Module):
 
     # ---- latent path ---------------------------------------------------------------------------------------
     def _centres(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(context, target) centres; the released code's evaluation sees all-zero centres (spec 7.2)."""
+        """(context, target) centres; the released code's evaluation sees all-zero centres (docs/method.md §7)."""
         mc, mt = self.context_bank.centres, self.target_bank.centres
         if not self.training:
             if self.released:
@@ -156,43 +147,13 @@ class NPHead(nn.Module):
         return mu, 0.1 + 0.9 * F.softplus(raw)
 
     # ---- decoder -------------------------------------------------------------------------------------------
-    def _first_conv(self, feats: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """dec1(cat(z_t, F, d)) for all t (T x B x Ch x h x w), with conv(F) computed once."""
-        L, D = self.latent_dim, self.in_channels  # noqa: N806
-        w = self.dec1.weight
-        base = F.conv2d(feats, w[:, L:L + D], self.dec1.bias, padding=1)  # B x Ch x h x w
-        taps = torch.einsum("olk,tbl->tbok", w[:, :L].flatten(2), z) \
-            + torch.einsum("olk,bl->bok", w[:, L + D:].flatten(2), d)[None]  # T x B x Ch x 9
-        masks = border_masks(feats.shape[2], feats.shape[3], feats.device, feats.dtype)
-        return base[None] + torch.einsum("tbok,khw->tbohw", taps, masks)
-
-    def _rest(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm(x))
-        x = F.relu(self.norm(self.dec2(x)))
-        return self.classifier(x)
-
     def decode(self, feats: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """Logits T x B x C x h x w for F (B x D x h x w), z (T x B x L), d (B x L)."""
-        t, b = z.shape[:2]
-        h, w = feats.shape[2:]
-        per_sample = b * self.dec1.out_channels * h * w
-        step = t if torch.is_grad_enabled() else max(1, DECODE_ELEMS // per_sample)
-        outs = []
-        for s in range(0, t, step):
-            x = self._first_conv(feats, z[s:s + step], d)
-            n = x.shape[0]
-            outs.append(self._rest(x.flatten(0, 1)).view(n, b, -1, h, w))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+        return self.decoder(feats, z, d)
 
     def decode_reference(self, feats: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """The naive decoder: T full passes over cat(z, F, d) (for the equivalence test)."""
-        h, w = feats.shape[2:]
-        outs = []
-        for zt in z:
-            x = torch.cat([zt[:, :, None, None].expand(-1, -1, h, w), feats,
-                           d[:, :, None, None].expand(-1, -1, h, w)], 1)
-            outs.append(self._rest(self.dec1(x)))
-        return torch.stack(outs)
+        """The naive decoder: T full passes (for the equivalence tests)."""
+        return self.decoder.reference(feats, z, d)
 
     # ---- forward -------------------------------------------------------------------------------------------
     def forward(self, feats: torch.Tensor, num_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -211,23 +172,53 @@ class NPHead(nn.Module):
 
     # ---- banks ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def select_rows(self, query: torch.Tensor, labels: torch.Tensor,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_rows(self, query: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+                    rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Bank rows (N x L) and classes (N) from a query and labels at the feature resolution.
 
-        Drops 254/255, keeps at most ``pixels_per_class`` random rows per class (0 = all); in released mode the
+        Drops 254/255 and keeps, per class, this rank's share of the global per-step budget, drawn uniformly at
+        random (``rank_share``); in released mode every row is kept (unless ``pixels_per_class`` > 0) and the
         rows come from the scrambled gather. Labels at another resolution are downsampled (nearest) first.
         """
         if labels.shape[-2:] != query.shape[-2:]:
             labels = downsample_labels(labels, query.shape[-2:])
         rows, cls = gather_rows(query.detach(), labels, self.num_classes, released=self.released)
-        return subsample_per_class(rows, cls, self.pixels_per_class, self.num_classes, generator)
+        share = self.rank_share(rank, world_size)
+        if generator is None and share > 0:
+            generator = self._draw_generator(rank, cls.device)
+        return subsample_per_class(rows, cls, share, self.num_classes, generator)
+
+    def _draw_generator(self, rank: int, device: torch.device) -> torch.Generator:
+        """The bank's own random stream: seeded by a draw counter kept in ``state_dict`` (so a resumed run draws
+        the same rows) and the rank. Drawing rows never consumes the global RNG, so the bank-write settings do
+        not shift the augmentation / latent-noise stream (runs that differ only there stay paired)."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(self.bank_draws) * 1_000_003 + rank + 12_345)
+        self.bank_draws += 1
+        return gen
+
+    def budget(self) -> int:
+        """Rows per class written per step over all ranks: ``pixels_per_class``, capped at the capacity K (0 =
+        K; released mode: 0 = every row, as released). A class never overflows its ring within one step, so
+        which rows survive is the random draw, not the raster order."""
+        k = self.context_bank.capacity
+        if self.pixels_per_class > 0:
+            return min(self.pixels_per_class, k)
+        return 0 if self.released else k
+
+    def rank_share(self, rank: int = 0, world_size: int = 1) -> int:
+        """This rank's part of ``budget()``: budget // W, plus one on the first budget % W ranks (0 = all rows),
+        so the same setting writes the same number of rows per class per step on 1 or W ranks."""
+        total = self.budget()
+        if total <= 0 or world_size <= 1:
+            return total
+        return max(1, total // world_size + int(rank < total % world_size))
 
     @torch.no_grad()
     def update_banks(self, ctx_rows: torch.Tensor, ctx_labels: torch.Tensor,
                      tgt_rows: torch.Tensor, tgt_labels: torch.Tensor) -> None:
         """FIFO-write context rows (labelled, ground truth) and target rows (the caller includes the labelled
-        rows as well as the pseudo-labelled ones, spec section 3) and recompute both banks' centres."""
+        rows as well as the pseudo-labelled ones, docs/method.md §3) and recompute both banks' centres."""
         self.context_bank.push(ctx_rows, ctx_labels)
         self.target_bank.push(tgt_rows, tgt_labels)
 
