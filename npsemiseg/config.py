@@ -72,7 +72,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The one training loop (spec section 4)."""
+    """The one training loop (docs/method.md §4)."""
 
     iters: int = 1000  # optimiser steps in total
     semi: bool = True  # False = supervised-only baseline (same loop, unlabelled term off)
@@ -82,7 +82,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     conf_threshold: float = 0.95
+    conf_threshold_start: float = -1.0  # >= 0: threshold ramps linearly from this to conf_threshold (-1 = off)
+    threshold_ramp: int = 0  # steps of that threshold ramp (0 = constant conf_threshold, the paper)
     unsup_weight: float = 1.0
+    unsup_ramp: int = 0  # steps of sigmoid ramp-up exp(-5(1-s/R)^2) of unsup_weight (0 = constant, the paper)
     entropy_threshold: float = 0.0  # > 0: also drop pseudo-labels with entropy above it
     target_bank_filter: bool = False  # write only confident pseudo-labels into the target bank
     ema_decay: float = 0.99
@@ -97,6 +100,8 @@ class TrainConfig:
     log_every: int = 10
     val_mode: str = "original"  # original | center_crop | sliding_window
     eval_model: str = "teacher"  # teacher | student
+    eval_both: bool = False  # also evaluate the other model: val/teacher_miou and val/student_miou
+    pl_gt_metrics: bool = False  # read unlabelled images' masks (when they exist) for train/pl_accuracy
     fail_at_step: int = -1  # fault injection (Ray Train): one rank raises once at the first report at/after this step
 
 
@@ -220,7 +225,11 @@ def validate(cfg: Config) -> Config:
     _check(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     _check(0 <= t.conf_threshold <= 1, "train.conf_threshold", f"must be in [0, 1], got {t.conf_threshold}")
+    _check(t.conf_threshold_start == -1 or 0 <= t.conf_threshold_start <= 1, "train.conf_threshold_start",
+           f"must be -1 (off) or in [0, 1], got {t.conf_threshold_start}")
+    _check(t.threshold_ramp >= 0, "train.threshold_ramp", f"must be >= 0, got {t.threshold_ramp}")
     _check(t.unsup_weight >= 0, "train.unsup_weight", "must be >= 0")
+    _check(t.unsup_ramp >= 0, "train.unsup_ramp", f"must be >= 0, got {t.unsup_ramp}")
     _check(t.entropy_threshold >= 0, "train.entropy_threshold", "must be >= 0")
     _check(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")

@@ -1,4 +1,4 @@
-"""Losses and pseudo-label helpers of the mean-teacher step (spec section 4).
+"""Losses and pseudo-label helpers of the mean-teacher step (docs/method.md §4).
 
 Label values: 255 = ignore (ground-truth void), 254 = padding of unlabelled crops. Neither ever contributes to a
 loss. All functions take logits/probabilities already at the label resolution.

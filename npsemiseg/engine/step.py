@@ -1,4 +1,4 @@
-"""The mean-teacher training step (spec section 4) and the state it works on.
+"""The mean-teacher training step (docs/method.md §4) and the state it works on.
 
     state = build_state(cfg, ctx)                  # student, teacher, SGD, poly LR, (AMP scaler)
     metrics = train_step(state, batch_l, batch_u)  # one optimiser step + bank update + EMA
@@ -21,10 +21,11 @@ from torch import nn
 from npsemiseg.config import Config
 from npsemiseg.engine.checkpoint import capture_rng, restore_rng
 from npsemiseg.engine.context import RunContext
+from npsemiseg.engine.diagnostics import pl_metrics
 from npsemiseg.engine.ema import ema_decay, ema_update, make_teacher
 from npsemiseg.engine.evaluate import upsample
 from npsemiseg.engine.losses import PAD, ce_loss, cutmix, masked_ce_loss, ohem_ce_loss, pseudo_labels
-from npsemiseg.engine.schedule import PolyLR, build_optimizer
+from npsemiseg.engine.schedule import PolyLR, build_optimizer, threshold_at, unsup_weight_at
 from npsemiseg.errors import ConfigError
 
 
@@ -106,7 +107,8 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
     """One optimiser step on a labelled batch (+ an unlabelled batch when semi-supervised).
 
     Returns ``train/loss``, ``train/loss_sup``, ``train/loss_unsup``, ``train/loss_kl``, ``train/mask_ratio``
-    and ``train/lr`` (backbone group).
+    and ``train/lr`` (backbone group); semi-supervised steps add the pseudo-label diagnostics of
+    ``pl_metrics`` and the effective ``train/unsup_weight`` and ``train/conf_threshold`` of this step.
     """
     cfg, dev = state.cfg, state.ctx.device
     tc, mc = cfg.train, cfg.model
@@ -129,7 +131,8 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
             out_t = state.teacher(u_w, num_samples=mc.t_train)
         with torch.no_grad():
             probs = torch.softmax(upsample(out_t.logits.float(), crop), dim=2).mean(0)
-            pl = pseudo_labels(probs, ign, tc.conf_threshold, tc.entropy_threshold)
+            thr = threshold_at(state.step, tc)
+            pl = pseudo_labels(probs, ign, thr, tc.entropy_threshold)
             u_mix, pl_mix = cutmix(u_s, box, pl)
         inp = torch.cat([x, u_mix])
 
@@ -143,7 +146,8 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         loss_sup = ce_loss(logits[:n_l], y)
     loss_unsup = masked_ce_loss(logits[n_l:], pl_mix) if semi else logits.new_zeros(())
     loss_kl = out.kl.float() if torch.is_tensor(out.kl) else logits.new_tensor(float(out.kl))
-    loss = loss_sup + tc.unsup_weight * loss_unsup + mc.kl_weight * loss_kl
+    w_u = unsup_weight_at(state.step, tc) if semi else 0.0
+    loss = loss_sup + w_u * loss_unsup + mc.kl_weight * loss_kl
 
     opt = state.optimizer
     opt.zero_grad(set_to_none=True)
@@ -180,7 +184,7 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         mask_ratio = float(pl_mix.mask.sum() / valid)
     else:
         mask_ratio = 0.0
-    return {
+    metrics = {
         "train/loss": float(loss.detach()),
         "train/loss_sup": float(loss_sup.detach()),
         "train/loss_unsup": float(loss_unsup.detach()),
@@ -188,6 +192,12 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         "train/mask_ratio": mask_ratio,
         "train/lr": float(lr),
     }
+    if semi:
+        gt = batch_u.get("gt")
+        metrics.update(pl_metrics(pl, gt.to(dev) if gt is not None else None))
+        metrics["train/unsup_weight"] = w_u
+        metrics["train/conf_threshold"] = thr
+    return metrics
 
 
 def checkpoint_dict(state: TrainState, extra: dict[str, Any] | None = None) -> dict[str, Any]:
