@@ -34,7 +34,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "semi_released": ("demo.yaml", {"model.np_mode": "released"}),
 }
 TRACE_KEYS = ("val/teacher_miou", "val/student_miou", "train/pl_coverage", "train/pl_accuracy",
-              "train/pl_correct", "train/teacher_acc_u", "train/unsup_weight", "train/loss_unsup")
+              "train/pl_coverage_cls", "train/pl_correct_cls", "train/teacher_acc_u", "train/unsup_weight",
+              "train/loss_unsup")
 
 
 def _run(job: dict) -> dict:

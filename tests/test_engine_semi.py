@@ -65,6 +65,9 @@ def test_pl_metrics_on_a_hand_built_case():
     assert m["train/pl_accuracy"] == pytest.approx(2 / 3)  # masked & known: (0,0) ok (0,1) wrong (0,2) ok
     assert m["train/teacher_acc_u"] == pytest.approx(3 / 4)  # known: (0,0) (0,1) (0,2) (1,0): 3 right
     assert m["train/pl_correct"] == pytest.approx(2 / 4)
+    # class 0 known at (0,0) (1,0): 1 of 2 masked, 1 right; class 1 at (0,1) (0,2): 2 of 2 masked, 1 right
+    assert m["train/pl_coverage_cls"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert m["train/pl_correct_cls"] == pytest.approx((1 / 2 + 1 / 2) / 2)
     assert pl_metrics(pl) == {"train/pl_coverage": pytest.approx(0.8)}
     none = pl_metrics(pl, torch.full_like(gt, 255))
     assert math.isnan(none["train/pl_accuracy"]) and math.isnan(none["train/teacher_acc_u"])
