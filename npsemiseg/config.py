@@ -23,6 +23,7 @@ HEADS = ("np", "plain", "mcdropout")
 NP_MODES = ("intended", "released")
 TEST_LATENTS = ("posterior", "prior")
 VAL_MODES = ("original", "center_crop", "sliding_window")
+THRESHOLD_MODES = ("fixed", "class_adaptive")
 
 
 @dataclass
@@ -84,6 +85,7 @@ class TrainConfig:
     conf_threshold: float = 0.95
     conf_threshold_start: float = -1.0  # >= 0: threshold ramps linearly from this to conf_threshold (-1 = off)
     threshold_ramp: int = 0  # steps of that threshold ramp (0 = constant conf_threshold, the paper)
+    threshold_mode: str = "fixed"  # fixed (the paper) | class_adaptive (conf_threshold x class conf / max)
     unsup_weight: float = 1.0
     unsup_ramp: int = 0  # steps of sigmoid ramp-up exp(-5(1-s/R)^2) of unsup_weight (0 = constant, the paper)
     entropy_threshold: float = 0.0  # > 0: also drop pseudo-labels with entropy above it
@@ -227,6 +229,8 @@ def validate(cfg: Config) -> Config:
     _check(0 <= t.conf_threshold <= 1, "train.conf_threshold", f"must be in [0, 1], got {t.conf_threshold}")
     _check(t.conf_threshold_start == -1 or 0 <= t.conf_threshold_start <= 1, "train.conf_threshold_start",
            f"must be -1 (off) or in [0, 1], got {t.conf_threshold_start}")
+    _check(t.threshold_mode in THRESHOLD_MODES, "train.threshold_mode",
+           f"must be one of {THRESHOLD_MODES}, got {t.threshold_mode!r}")
     _check(t.threshold_ramp >= 0, "train.threshold_ramp", f"must be >= 0, got {t.threshold_ramp}")
     _check(t.unsup_weight >= 0, "train.unsup_weight", "must be >= 0")
     _check(t.unsup_ramp >= 0, "train.unsup_ramp", f"must be >= 0, got {t.unsup_ramp}")

@@ -14,13 +14,14 @@ from npsemiseg.engine import build_state, train_step
 from npsemiseg.engine.diagnostics import pl_metrics
 from npsemiseg.engine.losses import pseudo_labels
 from npsemiseg.engine.schedule import ramp_factor, threshold_at, unsup_weight_at
+from npsemiseg.engine.thresholds import class_thresholds, update_class_conf
 from npsemiseg.errors import ConfigError
 
 
 @pytest.mark.parametrize("key,value", [
     ("train.unsup_ramp", -1), ("train.threshold_ramp", -5), ("train.conf_threshold_start", 1.5),
     ("train.conf_threshold_start", -0.5), ("train.unsup_ramp", 2.5), ("train.eval_both", "maybe"),
-    ("train.pl_gt_metrics", 3),
+    ("train.pl_gt_metrics", 3), ("train.threshold_mode", "adaptive"),
 ])
 def test_new_keys_reject_bad_values_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=f"^{key.replace('.', '[.]')}:"):
@@ -71,6 +72,33 @@ def test_pl_metrics_on_a_hand_built_case():
     assert pl_metrics(pl) == {"train/pl_coverage": pytest.approx(0.8)}
     none = pl_metrics(pl, torch.full_like(gt, 255))
     assert math.isnan(none["train/pl_accuracy"]) and math.isnan(none["train/teacher_acc_u"])
+
+
+def test_class_adaptive_thresholds_by_hand():
+    conf = torch.tensor([0.95, 0.76, 0.5])
+    assert class_thresholds(conf, 0.9).tolist() == pytest.approx([0.9, 0.72, 0.9 * 0.5 / 0.95])
+    # per-class threshold tensor: pixel of class 1 at 0.75 passes 0.72, a class-0 pixel at 0.85 fails 0.9
+    probs = torch.tensor([[0.85, 0.25, 0.1], [0.15, 0.75, 0.1], [0.0, 0.0, 0.8]]).T.reshape(1, 3, 1, 3)
+    pl = pseudo_labels(probs, torch.zeros(1, 1, 3, dtype=torch.long), class_thresholds(conf, 0.9))
+    assert pl.label.tolist() == [[[0, 1, 2]]] and pl.mask.tolist() == [[[False, True, True]]]
+    # EMA of the mean confidence per pseudo-label class; absent classes keep their value; padding is ignored
+    pl.ignore[0, 0, 2] = 254
+    new = update_class_conf(torch.ones(3), pl, momentum=0.9)
+    assert new.tolist() == pytest.approx([0.9 + 0.1 * 0.85, 0.9 + 0.1 * 0.75, 1.0])
+
+
+def test_class_adaptive_state_is_checkpointed(tiny_cfg, one_thread):
+    from npsemiseg.engine.step import checkpoint_dict, restore_state
+
+    cfg = apply_overrides(tiny_cfg, {"train.threshold_mode": "class_adaptive"})
+    bl, bu, data = _batches(cfg)
+    state = build_state(cfg, num_classes=data.num_classes)
+    m = train_step(state, bl, bu)
+    assert state.class_conf is not None and state.class_conf.shape == (data.num_classes,)
+    assert bool((state.class_conf < 1).any()) and m["train/conf_threshold_min"] <= m["train/conf_threshold"]
+    other = build_state(cfg, num_classes=data.num_classes)
+    restore_state(other, checkpoint_dict(state), rng=False)
+    assert torch.equal(other.class_conf, state.class_conf)
 
 
 def _batches(cfg, n=2):

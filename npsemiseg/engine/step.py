@@ -26,6 +26,7 @@ from npsemiseg.engine.ema import ema_decay, ema_update, make_teacher
 from npsemiseg.engine.evaluate import upsample
 from npsemiseg.engine.losses import PAD, ce_loss, cutmix, masked_ce_loss, ohem_ce_loss, pseudo_labels
 from npsemiseg.engine.schedule import PolyLR, build_optimizer, threshold_at, unsup_weight_at
+from npsemiseg.engine.thresholds import CLASS_CONF_MOMENTUM, class_thresholds, update_class_conf
 from npsemiseg.errors import ConfigError
 
 
@@ -48,6 +49,7 @@ class TrainState:
     best_miou: float = float("-inf")
     best_step: int = -1
     metrics: dict[str, Any] = field(default_factory=dict)
+    class_conf: torch.Tensor | None = None  # running per-class teacher confidence (train.threshold_mode)
 
 
 def build_state(cfg: Config, ctx: RunContext | None = None, num_classes: int | None = None) -> TrainState:
@@ -132,7 +134,13 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         with torch.no_grad():
             probs = torch.softmax(upsample(out_t.logits.float(), crop), dim=2).mean(0)
             thr = threshold_at(state.step, tc)
-            pl = pseudo_labels(probs, ign, thr, tc.entropy_threshold)
+            if tc.threshold_mode == "class_adaptive":
+                if state.class_conf is None:
+                    state.class_conf = torch.ones(state.num_classes, device=dev)
+                pl = pseudo_labels(probs, ign, class_thresholds(state.class_conf, thr), tc.entropy_threshold)
+                state.class_conf = update_class_conf(state.class_conf, pl, CLASS_CONF_MOMENTUM)
+            else:
+                pl = pseudo_labels(probs, ign, thr, tc.entropy_threshold)
             u_mix, pl_mix = cutmix(u_s, box, pl)
         inp = torch.cat([x, u_mix])
 
@@ -197,6 +205,8 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         metrics.update(pl_metrics(pl, gt.to(dev) if gt is not None else None))
         metrics["train/unsup_weight"] = w_u
         metrics["train/conf_threshold"] = thr
+        if state.class_conf is not None:
+            metrics["train/conf_threshold_min"] = float(class_thresholds(state.class_conf, thr).min())
     return metrics
 
 
@@ -219,6 +229,8 @@ def checkpoint_dict(state: TrainState, extra: dict[str, Any] | None = None) -> d
     }
     if state.scaler is not None:
         ckpt["scaler"] = state.scaler.state_dict()
+    if state.class_conf is not None:
+        ckpt["class_conf"] = state.class_conf.detach().cpu()
     if extra:
         ckpt.update(extra)
     return ckpt
@@ -238,5 +250,7 @@ def restore_state(state: TrainState, ckpt: dict[str, Any], rng: bool = True) -> 
     state.best_miou = float(ckpt.get("best_miou", float("-inf")))
     state.best_step = int(ckpt.get("best_step", -1))
     state.metrics = dict(ckpt.get("metrics", {}))
+    if "class_conf" in ckpt:
+        state.class_conf = ckpt["class_conf"].to(state.ctx.device)
     if rng and "rng" in ckpt:
         restore_rng(ckpt["rng"])
