@@ -88,6 +88,7 @@ class TrainConfig:
     threshold_mode: str = "fixed"  # fixed (the paper) | class_adaptive (conf_threshold x class conf / max)
     unsup_weight: float = 1.0
     unsup_ramp: int = 0  # steps of sigmoid ramp-up exp(-5(1-s/R)^2) of unsup_weight (0 = constant, the paper)
+    unsup_feature_dropout: float = 0.0  # Dropout2d rate on the encoder features of the strong views (0 = off)
     entropy_threshold: float = 0.0  # > 0: also drop pseudo-labels with entropy above it
     target_bank_filter: bool = False  # write only confident pseudo-labels into the target bank
     ema_decay: float = 0.99
@@ -234,6 +235,8 @@ def validate(cfg: Config) -> Config:
     _check(t.threshold_ramp >= 0, "train.threshold_ramp", f"must be >= 0, got {t.threshold_ramp}")
     _check(t.unsup_weight >= 0, "train.unsup_weight", "must be >= 0")
     _check(t.unsup_ramp >= 0, "train.unsup_ramp", f"must be >= 0, got {t.unsup_ramp}")
+    _check(0 <= t.unsup_feature_dropout < 1, "train.unsup_feature_dropout",
+           f"must be in [0, 1), got {t.unsup_feature_dropout}")
     _check(t.entropy_threshold >= 0, "train.entropy_threshold", "must be >= 0")
     _check(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")

@@ -21,7 +21,7 @@ from npsemiseg.errors import ConfigError
 @pytest.mark.parametrize("key,value", [
     ("train.unsup_ramp", -1), ("train.threshold_ramp", -5), ("train.conf_threshold_start", 1.5),
     ("train.conf_threshold_start", -0.5), ("train.unsup_ramp", 2.5), ("train.eval_both", "maybe"),
-    ("train.pl_gt_metrics", 3), ("train.threshold_mode", "adaptive"),
+    ("train.pl_gt_metrics", 3), ("train.threshold_mode", "adaptive"), ("train.unsup_feature_dropout", 1.0),
 ])
 def test_new_keys_reject_bad_values_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=f"^{key.replace('.', '[.]')}:"):
@@ -168,3 +168,26 @@ def test_eval_both_reports_teacher_and_student(tiny_cfg, one_thread):
     m = fit(cfg, LocalContext(cfg.out_dir, "cpu", resume=False))
     assert m["val/teacher_miou"] == m["val/miou"] and 0.0 <= m["val/student_miou"] <= 1.0
     assert 0.0 <= m["train/pl_coverage"] <= 1.0 and "train/unsup_weight" in m
+
+
+def test_feature_dropout_perturbs_only_the_unlabelled_rows(tiny_cfg, one_thread):
+    from npsemiseg.engine.step import _feature_dropout
+
+    state = build_state(tiny_cfg, num_classes=21)
+    model = state.model.train()
+    x = torch.randn(4, 3, 64, 64)
+    torch.manual_seed(0)
+    ref = model.encoder(x)
+    torch.manual_seed(0)
+    with _feature_dropout(model, 2, 0.5):
+        feats = model.encoder(x)
+    assert torch.equal(feats[:2], ref[:2])
+    dropped = (feats[2:] == 0).all(-1).all(-1)  # whole channels zeroed, the others scaled by 1 / (1 - p)
+    assert 0.2 < float(dropped.float().mean()) < 0.8
+    kept = ~dropped
+    assert torch.allclose(feats[2:][kept], 2 * ref[2:][kept], atol=1e-5)
+    torch.manual_seed(0)
+    with _feature_dropout(model, 2, 0.0):
+        assert torch.equal(model.encoder(x), ref)
+    assert not model.encoder._forward_hooks  # the hook is removed on exit
+

@@ -86,6 +86,26 @@ def _autocast(state: TrainState):
     return torch.autocast(device_type="cuda", dtype=torch.float16)
 
 
+@contextlib.contextmanager
+def _feature_dropout(model: nn.Module, n_keep: int, p: float):
+    """While active, channel dropout (Dropout2d, rate ``p``) on the encoder features of batch rows ``n_keep:``
+    (the unlabelled strong views): UniMatch's feature perturbation folded into the strong-view pass, so it costs
+    no extra forward pass. The labelled rows (and so the bank rows) are untouched. No-op when ``p`` is 0."""
+    encoder = getattr(model, "encoder", None)
+    if p <= 0 or encoder is None:
+        yield
+        return
+
+    def hook(_mod: nn.Module, _inp: Any, feats: torch.Tensor) -> torch.Tensor:
+        return torch.cat([feats[:n_keep], F.dropout2d(feats[n_keep:], p, training=True)])
+
+    handle = encoder.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def update_banks(state: TrainState, query_l: torch.Tensor, mask_l: torch.Tensor,
                  query_u: torch.Tensor | None = None, label_u: torch.Tensor | None = None) -> None:
@@ -145,7 +165,7 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         inp = torch.cat([x, u_mix])
 
     state.student.train()
-    with _autocast(state):
+    with _autocast(state), _feature_dropout(state.model, n_l, tc.unsup_feature_dropout if semi else 0.0):
         out = state.student(inp, num_samples=mc.t_train)
     logits = upsample(out.logits.float().mean(0), crop)  # mean over T of the logits, at crop size
     if tc.ohem:
