@@ -191,3 +191,21 @@ def test_feature_dropout_perturbs_only_the_unlabelled_rows(tiny_cfg, one_thread)
         assert torch.equal(model.encoder(x), ref)
     assert not model.encoder._forward_hooks  # the hook is removed on exit
 
+
+
+def test_alt_demo_variant_has_other_classes(tmp_path):
+    import json
+
+    from npsemiseg.data.synthetic import make_demo_data
+    from npsemiseg.errors import UserError
+
+    make_demo_data(tmp_path / "alt", scale="tiny", seed=3, variant="alt")
+    summary = json.loads((tmp_path / "alt" / "summary.json").read_text())
+    assert summary["variant"] == "alt" and set(summary["voc"]["classes"]) == {"0", "2", "7", "9", "11", "16", "20"}
+    from PIL import Image
+
+    seg = tmp_path / "alt" / "voc" / "VOCdevkit" / "VOC2012" / "SegmentationClassAug"
+    ids = set().union(*(np.unique(np.array(Image.open(p))).tolist() for p in seg.glob("*.png")))
+    assert ids <= {0, 2, 7, 9, 11, 16, 20} and len(ids) > 2
+    with pytest.raises(UserError, match="--variant"):
+        make_demo_data(tmp_path / "bad", scale="tiny", variant="nope")
