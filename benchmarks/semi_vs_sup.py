@@ -5,6 +5,7 @@
     python benchmarks/semi_vs_sup.py --variant ramp:train.unsup_ramp=200,train.conf_threshold=0.8 ...
     python benchmarks/semi_vs_sup.py --trace --eval-every 100 ...    # pseudo-label and teacher/student traces
     python benchmarks/semi_vs_sup.py --smoke-test                    # 1 seed, a few steps, tiny data (seconds)
+    ... --reuse                          # reuse stored runs with identical configs (add variants incrementally)
 
 Every run of a split uses the same labelled split (``data.split_seed`` fixed); seeds change the initialisation
 and augmentation. Runs are interleaved (split- and seed-major, variants side by side) over ``--jobs``
@@ -56,10 +57,18 @@ def _run(job: dict) -> dict:
             history.append({k: v for k, v in metrics.items() if "/iou/" not in k})
 
     cfg = load_config(REPO / "configs" / job["recipe"], job["overrides"])
+    cache = Path(cfg.out_dir) / "bench_result.json"
+    if job.get("reuse") and cache.is_file():
+        done = json.loads(cache.read_text())
+        if done["recipe"] == job["recipe"] and done["overrides"] == job["overrides"]:
+            return {**done, "reused": True}
     t0 = time.perf_counter()
     metrics = fit(cfg, Recorder(cfg.out_dir, "cpu", resume=False))
     metrics["wall_s"] = time.perf_counter() - t0
-    return {**job, "metrics": {k: v for k, v in metrics.items() if "/iou/" not in k}, "history": history}
+    out = {**job, "metrics": {k: v for k, v in metrics.items() if "/iou/" not in k}, "history": history}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({k: v for k, v in out.items() if k != "reuse"}, default=float))
+    return out
 
 
 def _mean_std(xs: list[float], fmt: str = ".4f") -> str:
@@ -90,7 +99,8 @@ def _pool_map(jobs: list[dict], n: int, label: str) -> list[dict]:
         for r in pool.imap(_run, jobs):
             m = r["metrics"]
             print(f"  {r['split']:<10} {r['variant']:<16} seed {r['seed']}: {m['step']:>5} steps  val/miou "
-                  f"{m['val/miou']:.4f}  step {m['train/step_time']:.3f}s  wall {m['wall_s']:.0f}s", flush=True)
+                  f"{m['val/miou']:.4f}  step {m['train/step_time']:.3f}s  wall {m['wall_s']:.0f}s"
+                  + ("  (stored result)" if r.get("reused") else ""), flush=True)
             out.append(r)
     return out
 
@@ -122,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="define a variant on demo.yaml (or the supervised recipe) with overrides; it is run")
     ap.add_argument("--equal-compute", action="store_true",
                     help="add supervised_eqc: supervised with steps x (semi / supervised step time)")
+    ap.add_argument("--eqc-ref", default="semi", help="semi variant whose step time sets the equal-compute budget")
+    ap.add_argument("--eqc-splits", nargs="*", default=None, help="splits to run equal-compute on (default all)")
     ap.add_argument("--trace", action="store_true", help="log teacher/student mIoU and pseudo-label metrics")
     ap.add_argument("--eval-every", type=int, default=0, help="evaluation interval (0 = only at the end)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse a run's stored result (<out>/.../bench_result.json) when its config is identical")
     ap.add_argument("--smoke-test", action="store_true", help="tiny data, 1 seed, 4 steps")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides for every run")
     args = ap.parse_args(argv)
@@ -163,17 +177,18 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.overrides:
             k, v = item.split("=", 1)
             over[k] = v
-        return {"split": split, "variant": name, "seed": seed, "recipe": recipe, "overrides": over}
+        return {"split": split, "variant": name, "seed": seed, "recipe": recipe, "overrides": over,
+                "reuse": args.reuse}
 
     jobs = [job(sp, s, n, *variants[n], steps) for sp in splits for s in seeds for n in names]
     t0 = time.perf_counter()
     results = _pool_map(jobs, args.jobs, "equal-steps")
-    if args.equal_compute and "semi" in names and "supervised" in names:
+    if args.equal_compute and args.eqc_ref in names and "supervised" in names:
         eqc = []
-        for sp in splits:
+        for sp in (splits if args.eqc_splits is None else args.eqc_splits):
             for s in seeds:
                 semi, sup = ([r for r in results if (r["split"], r["seed"], r["variant"]) == (sp, s, v)][0]
-                             for v in ("semi", "supervised"))
+                             for v in (args.eqc_ref, "supervised"))
                 ratio = semi["metrics"]["train/step_time"] / sup["metrics"]["train/step_time"]
                 n = round(sup["metrics"]["step"] * ratio)
                 j = job(sp, s, "supervised_eqc", *variants["supervised"], n)
@@ -206,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    gain {v} - {base}: {_mean_std([g * 100 for g in gains], '.2f')} points "
                       f"(per seed {per}; {wins}/{len(gains)} seeds >= +1 point)")
                 summary["gains"][f"{sp}|{v}-{base}"] = gains
-        if "semi" in by and "supervised" in by:
-            ratio = statistics.mean(m["train/step_time"] for m in by["semi"].values()) / statistics.mean(
+        for v in names:
+            if v.startswith("supervised") or not by[v] or not by.get("supervised"):
+                continue
+            ratio = statistics.mean(m["train/step_time"] for m in by[v].values()) / statistics.mean(
                 m["train/step_time"] for m in by["supervised"].values())
-            print(f"    semi step time / supervised = {ratio:.2f}x")
+            print(f"    {v} step time / supervised = {ratio:.2f}x")
         if args.trace:
             for v in names:
                 _print_trace(results, sp, v)
