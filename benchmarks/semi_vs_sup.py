@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", "--iters", type=int, default=0, help="steps per run (0 = the recipes' train.iters)")
     ap.add_argument("--splits", nargs="+", default=["demo/1_16"], help="label splits (data.split)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel single-threaded runs")
-    ap.add_argument("--variants", nargs="+", default=["semi", "supervised"], help=f"of {list(VARIANTS)} + --variant")
+    ap.add_argument("--variants", nargs="*", default=["semi", "supervised"], help=f"of {list(VARIANTS)} + --variant")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:[supervised:]k=v,...",
                     help="define a variant on demo.yaml (or the supervised recipe) with overrides; it is run")
     ap.add_argument("--equal-compute", action="store_true",
