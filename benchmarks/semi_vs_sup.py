@@ -10,8 +10,9 @@
 Every run of a split uses the same labelled split (``data.split_seed`` fixed); seeds change the initialisation
 and augmentation. Runs are interleaved (split- and seed-major, variants side by side) over ``--jobs``
 single-threaded processes, so machine load hits all variants alike. ``--equal-compute`` adds, per split and seed,
-a supervised run whose step count is the equal-steps runs' measured wall-clock ratio (semi step time /
-supervised step time, same seed) times ``--steps``: the supervised baseline gets the semi run's compute.
+an equal-compute run: the ratio r = CPU time per step of ``--eqc-ref`` / supervised is measured (process time,
+interleaved repeats, so other jobs' load does not bias it; or given by ``--eqc-ratio``), then either supervised
+runs ``steps x r`` steps (``--eqc-mode long_sup``) or the semi variant runs ``steps / r`` (``short_semi``).
 Printed: last-evaluation val mIoU (mean +- std over seeds) per split and variant, the per-seed paired gains
 against ``supervised`` (and ``supervised_eqc``) with the number of seeds better by >= 1 point, and the
 step-time ratio. ``--trace`` also prints, per variant and evaluation step, the teacher and student mIoU and the
@@ -69,6 +70,36 @@ def _run(job: dict) -> dict:
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({k: v for k, v in out.items() if k != "reuse"}, default=float))
     return out
+
+
+def _cpu_per_step(job: dict) -> float:
+    """CPU seconds per training step of ``job``'s recipe: (process time of 40 steps - of 10 steps) / 30, so
+    data set-up, model building and the (1-image) evaluation cancel out. Robust to other jobs' load."""
+    import torch
+
+    torch.set_num_threads(1)
+    from npsemiseg.config import load_config
+    from npsemiseg.engine.context import LocalContext
+    from npsemiseg.engine.loop import fit
+
+    times = []
+    for n in (10, 40):
+        over = {**job["overrides"], "train.iters": n, "train.eval_every": n, "data.val_limit": 1,
+                "train.eval_both": False, "out_dir": job["overrides"]["out_dir"] + f"_timing{n}"}
+        cfg = load_config(REPO / "configs" / job["recipe"], over)
+        t0 = time.process_time()
+        fit(cfg, LocalContext(cfg.out_dir, "cpu", resume=False))
+        times.append(time.process_time() - t0)
+    return (times[1] - times[0]) / 30
+
+
+def _measure_ratio(pair: list[dict], n_jobs: int, repeats: int = 2) -> float:
+    """Median over interleaved repeats of CPU time per step, first job / second job."""
+    with mp.get_context("spawn").Pool(min(n_jobs, 2), maxtasksperchild=1) as pool:
+        per = pool.map(_cpu_per_step, pair * repeats)
+    a, b = statistics.median(per[0::2]), statistics.median(per[1::2])
+    print(f"CPU time per step: {pair[0]['variant']} {a:.3f}s, {pair[1]['variant']} {b:.3f}s", flush=True)
+    return a / b
 
 
 def _mean_std(xs: list[float], fmt: str = ".4f") -> str:
@@ -131,8 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:[supervised:]k=v,...",
                     help="define a variant on demo.yaml (or the supervised recipe) with overrides; it is run")
     ap.add_argument("--equal-compute", action="store_true",
-                    help="add supervised_eqc: supervised with steps x (semi / supervised step time)")
+                    help="add an equal-compute run per split and seed (see --eqc-mode)")
     ap.add_argument("--eqc-ref", default="semi", help="semi variant whose step time sets the equal-compute budget")
+    ap.add_argument("--eqc-ratio", type=float, default=0.0,
+                    help="semi / supervised compute per step (0 = measure CPU time per step, interleaved)")
+    ap.add_argument("--eqc-mode", choices=("long_sup", "short_semi"), default="long_sup",
+                    help="long_sup: supervised for steps x ratio; short_semi: the semi variant for steps / ratio")
     ap.add_argument("--eqc-splits", nargs="*", default=None, help="splits to run equal-compute on (default all)")
     ap.add_argument("--trace", action="store_true", help="log teacher/student mIoU and pseudo-label metrics")
     ap.add_argument("--eval-every", type=int, default=0, help="evaluation interval (0 = only at the end)")
@@ -183,22 +218,26 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [job(sp, s, n, *variants[n], steps) for sp in splits for s in seeds for n in names]
     t0 = time.perf_counter()
     results = _pool_map(jobs, args.jobs, "equal-steps")
-    if args.equal_compute and args.eqc_ref in names and "supervised" in names:
-        eqc = []
-        for sp in (splits if args.eqc_splits is None else args.eqc_splits):
-            for s in seeds:
-                semi, sup = ([r for r in results if (r["split"], r["seed"], r["variant"]) == (sp, s, v)][0]
-                             for v in (args.eqc_ref, "supervised"))
-                ratio = semi["metrics"]["train/step_time"] / sup["metrics"]["train/step_time"]
-                n = round(sup["metrics"]["step"] * ratio)
-                j = job(sp, s, "supervised_eqc", *variants["supervised"], n)
-                j["overrides"]["train.eval_every"] = n
-                eqc.append(j)
-        results += _pool_map(eqc, args.jobs, "equal-compute supervised")
-        names.append("supervised_eqc")
+    if args.equal_compute:
+        ref, eqc_splits = args.eqc_ref, splits if args.eqc_splits is None else args.eqc_splits
+        ratio = args.eqc_ratio or _measure_ratio([job(eqc_splits[0], seeds[0], n, *variants[n], 0)
+                                                  for n in (ref, "supervised")], args.jobs)
+        long_sup = args.eqc_mode == "long_sup"
+        n_eqc = max(round(steps * ratio if long_sup else steps / ratio), 1)
+        name = "supervised_eqc" if long_sup else f"{ref}_eqc"
+        print(f"equal compute: {ref} / supervised CPU time per step = {ratio:.2f}x -> {name} runs {n_eqc} steps",
+              flush=True)
+        base = variants["supervised" if long_sup else ref]
+        eqc = [job(sp, s, name, *base, n_eqc) for sp in eqc_splits for s in seeds]
+        results += _pool_map(eqc, args.jobs, "equal-compute")
+        names.append(name)
+        summary_ratio: float | None = ratio
+    else:
+        summary_ratio = None
     total = time.perf_counter() - t0
 
     summary: dict[str, Any] = {"seeds": seeds, "splits": splits, "steps": steps, "total_s": total,
+                               "eqc_cpu_ratio": summary_ratio,
                                "variants": {n: variants.get(n) for n in names}, "runs": results, "gains": {}}
     print(f"\nsummary over seeds {seeds} ({total:.0f} s in all; last evaluation, teacher)")
     for sp in splits:
