@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="semi / supervised compute per step (0 = measure CPU time per step, interleaved)")
     ap.add_argument("--eqc-mode", choices=("long_sup", "short_semi"), default="long_sup",
                     help="long_sup: supervised for steps x ratio; short_semi: the semi variant for steps / ratio")
+    ap.add_argument("--eqc-only", action="store_true", help="run only the equal-compute runs (with --eqc-ratio)")
     ap.add_argument("--eqc-splits", nargs="*", default=None, help="splits to run equal-compute on (default all)")
     ap.add_argument("--trace", action="store_true", help="log teacher/student mIoU and pseudo-label metrics")
     ap.add_argument("--eval-every", type=int, default=0, help="evaluation interval (0 = only at the end)")
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = [job(sp, s, n, *variants[n], steps) for sp in splits for s in seeds for n in names]
     t0 = time.perf_counter()
-    results = _pool_map(jobs, args.jobs, "equal-steps")
+    results = [] if args.eqc_only else _pool_map(jobs, args.jobs, "equal-steps")
     if args.equal_compute:
         ref, eqc_splits = args.eqc_ref, splits if args.eqc_splits is None else args.eqc_splits
         ratio = args.eqc_ratio or _measure_ratio([job(eqc_splits[0], seeds[0], n, *variants[n], 0)
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         by = {v: {r["seed"]: r["metrics"] for r in results if r["split"] == sp and r["variant"] == v} for v in names}
         print(f"  split {sp}")
         for v, ms in by.items():
+            if not ms:
+                continue
             print(f"    {v:<16} val/miou {_mean_std([m['val/miou'] for m in ms.values()])}  steps "
                   f"{statistics.mean(m['step'] for m in ms.values()):.0f}  step "
                   f"{statistics.mean(m['train/step_time'] for m in ms.values()):.3f}s  ece "
@@ -254,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             for v in names:
                 if v.startswith("supervised"):
                     continue
-                gains = [by[v][s]["val/miou"] - by[base][s]["val/miou"] for s in seeds if s in by[v]]
+                gains = [by[v][s]["val/miou"] - by[base][s]["val/miou"] for s in seeds if s in by[v] and s in by[base]]
+                if not gains:
+                    continue
                 wins = sum(g >= 0.01 for g in gains)
                 per = ", ".join(f"{g * 100:+.1f}" for g in gains)
                 print(f"    gain {v} - {base}: {_mean_std([g * 100 for g in gains], '.2f')} points "
