@@ -28,6 +28,7 @@ TEST_LATENTS = ("posterior", "prior")
 VAL_MODES = ("original", "center_crop", "sliding_window")
 # Keys earlier versions wrote into checkpoints and exports; skipped when read back so those still load.
 RETIRED_KEYS = frozenset({"train.fail_at_step"})  # now the NPSEMISEG_FAIL_AT_STEP environment variable
+THRESHOLD_MODES = ("fixed", "class_adaptive")
 
 
 @dataclass
@@ -91,7 +92,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     conf_threshold: float = 0.95
+    conf_threshold_start: float = -1.0  # >= 0: threshold ramps linearly from this to conf_threshold (-1 = off)
+    threshold_ramp: int = 0  # steps of that threshold ramp (0 = constant conf_threshold, the paper)
+    threshold_mode: str = "fixed"  # fixed (the paper) | class_adaptive (conf_threshold x class conf / max)
     unsup_weight: float = 1.0
+    unsup_ramp: int = 0  # steps of sigmoid ramp-up exp(-5(1-s/R)^2) of unsup_weight (0 = constant, the paper)
+    unsup_feature_dropout: float = 0.0  # Dropout2d rate on the encoder features of the strong views (0 = off)
     entropy_threshold: float = 0.0  # > 0: also drop pseudo-labels with entropy above it
     target_bank_filter: bool = False  # write only confident pseudo-labels into the target bank
     ema_decay: float = 0.99
@@ -106,6 +112,8 @@ class TrainConfig:
     log_every: int = 10
     val_mode: str = "original"  # original | center_crop | sliding_window
     eval_model: str = "teacher"  # teacher | student
+    eval_both: bool = False  # also evaluate the other model: val/teacher_miou and val/student_miou
+    pl_gt_metrics: bool = False  # read unlabelled images' masks (when they exist) for train/pl_accuracy
 
 
 @dataclass
@@ -233,7 +241,15 @@ def validate(cfg: Config) -> Config:
     _check(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     _check(0 <= t.conf_threshold <= 1, "train.conf_threshold", f"must be in [0, 1], got {t.conf_threshold}")
+    _check(t.conf_threshold_start == -1 or 0 <= t.conf_threshold_start <= 1, "train.conf_threshold_start",
+           f"must be -1 (off) or in [0, 1], got {t.conf_threshold_start}")
+    _check(t.threshold_mode in THRESHOLD_MODES, "train.threshold_mode",
+           f"must be one of {THRESHOLD_MODES}, got {t.threshold_mode!r}")
+    _check(t.threshold_ramp >= 0, "train.threshold_ramp", f"must be >= 0, got {t.threshold_ramp}")
     _check(t.unsup_weight >= 0, "train.unsup_weight", "must be >= 0")
+    _check(t.unsup_ramp >= 0, "train.unsup_ramp", f"must be >= 0, got {t.unsup_ramp}")
+    _check(0 <= t.unsup_feature_dropout < 1, "train.unsup_feature_dropout",
+           f"must be in [0, 1), got {t.unsup_feature_dropout}")
     _check(t.entropy_threshold >= 0, "train.entropy_threshold", "must be >= 0")
     _check(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")

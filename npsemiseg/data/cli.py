@@ -14,8 +14,9 @@ from npsemiseg.data.splits import PROTOCOLS
 def _make_demo_data(args: argparse.Namespace) -> int:
     from npsemiseg.data.synthetic import make_demo_data
 
-    make_demo_data(args.out, scale=args.scale, seed=args.seed, overwrite=args.force)
-    print(f"wrote {args.out}/voc (VOCdevkit) and {args.out}/cityscapes ({args.scale}, seed {args.seed}); "
+    make_demo_data(args.out, scale=args.scale, seed=args.seed, overwrite=args.force, variant=args.variant)
+    print(f"wrote {args.out}/voc (VOCdevkit) and {args.out}/cityscapes ({args.scale}, seed {args.seed}, "
+          f"variant {args.variant}); "
           f"summary in {args.out}/summary.json")
     return 0
 
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (missing or empty)")
     p.add_argument("--scale", default="demo", help="tiny (tests, ~1 s) | demo (README sweep) | full")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", default="base", help="base | alt (other classes/textures: held-out data)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=_make_demo_data)
 

@@ -59,17 +59,24 @@ class LabelledDataset(Dataset):
 
 
 class UnlabelledDataset(Dataset):
-    """Items ``{"image_w", "image_s": 3xSxS, "ignore": SxS (254 at padding), "box": SxS}``; masks never read."""
+    """Items ``{"image_w", "image_s": 3xSxS, "ignore": SxS (254 at padding), "box": SxS}``; masks never read,
+    unless ``gt_classes`` > 0: then items also carry ``"gt"`` (SxS, the image's mask through the same weak view,
+    255 where unknown), used only to measure pseudo-label accuracy, never by a loss."""
 
-    def __init__(self, samples: list[Sample], transform: UnlabelledTransform) -> None:
-        self.samples, self.transform = list(samples), transform
+    def __init__(self, samples: list[Sample], transform: UnlabelledTransform, gt_classes: int = 0) -> None:
+        self.samples, self.transform, self.gt_classes = list(samples), transform, gt_classes
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        s = self.samples[idx]
         with one_thread():
-            return self.transform(read_image(self.samples[idx].image))
+            if not self.gt_classes:
+                return self.transform(read_image(s.image))
+            if s.mask is None:
+                return self.transform(read_image(s.image), with_gt=True)
+            return self.transform(*load_pair(s, self.gt_classes))
 
 
 class ValDataset(Dataset):

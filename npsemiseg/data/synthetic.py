@@ -60,6 +60,17 @@ OBJECTS = (
     ("ring", 15, (0.15, 0.70, 0.35), "dots"),
     ("diamond", 19, (0.90, 0.45, 0.65), "diagonal"),
 )
+# Variant "alt": a tree the demo recipe was never tuned on: six other VOC classes, shape/texture/colour pairings
+# reshuffled (two new textures), and the nuisance hue rotation turning the other way.
+OBJECTS_ALT = (
+    ("ring", 2, (0.20, 0.55, 0.90), "checker"),
+    ("triangle", 7, (0.80, 0.30, 0.60), "rings"),
+    ("disc", 9, (0.30, 0.75, 0.70), "vstripes"),
+    ("diamond", 11, (0.95, 0.60, 0.10), "hstripes"),
+    ("square", 16, (0.50, 0.80, 0.20), "dots"),
+    ("cross", 20, (0.85, 0.15, 0.35), "grid"),
+)
+VARIANTS = {"base": (OBJECTS, 1.0), "alt": (OBJECTS_ALT, -1.0)}  # name -> (objects, hue rotation sign)
 CASTS = np.array([[0.1, 0.2, 0.6], [0.6, 0.35, 0.05], [0.1, 0.5, 0.2], [0.45, 0.1, 0.5]])
 
 
@@ -95,6 +106,10 @@ def _texture(kind: str, yy: np.ndarray, xx: np.ndarray, period: float) -> np.nda
         return (np.sin(k * yy) * np.sin(k * xx) > 0.4).astype(np.float32)
     if kind == "diagonal":
         return (np.sin(k * (yy + xx) * 0.7) > 0).astype(np.float32)
+    if kind == "rings":
+        return (np.sin(0.8 * k * np.hypot(yy - yy.mean(), xx - xx.mean())) > 0).astype(np.float32)
+    if kind == "grid":
+        return ((np.abs(np.sin(k * yy)) < 0.3) | (np.abs(np.sin(k * xx)) < 0.3)).astype(np.float32)
     return np.full(yy.shape, 0.6, np.float32)
 
 
@@ -106,14 +121,14 @@ def _hue_rotation(degrees: float) -> np.ndarray:
     return np.cos(a) * np.eye(3) + np.sin(a) * cross + (1 - np.cos(a)) * np.outer(u, u)
 
 
-def _nuisance(img: np.ndarray, t: float, rng: np.random.Generator) -> np.ndarray:
+def _nuisance(img: np.ndarray, t: float, rng: np.random.Generator, hue_sign: float = 1.0) -> np.ndarray:
     """Rotate hue, darken, add a colour cast and noise in proportion to t; returns uint8.
 
     At t = 1: hue +90 degrees, brightness x0.5, cast 0.12, noise sigma 0.04. The first two lie inside the strong
     view's colour-jitter range, so invariance learnt from unlabelled images can transfer to high-t images.
     """
     cast = CASTS[rng.integers(len(CASTS))]
-    out = img @ _hue_rotation(HUE_SHIFT * t).T.astype(np.float32)
+    out = img @ _hue_rotation(hue_sign * HUE_SHIFT * t).T.astype(np.float32)
     out = out * (1.0 - 0.5 * t) + t * 0.12 * cast
     out = out + rng.normal(0.0, 0.01 + 0.03 * t, img.shape).astype(np.float32)
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -129,8 +144,10 @@ def boundary_ring(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def render_voc(h: int, w: int, t: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render_voc(h: int, w: int, t: float, rng: np.random.Generator,
+               variant: str = "base") -> tuple[np.ndarray, np.ndarray]:
     """One synthetic VOC-style image (H x W x 3 uint8) and its class-id mask (no boundaries)."""
+    objects, hue_sign = VARIANTS[variant]
     yy, xx = _grid(h, w)
     bg = rng.uniform(0.45, 0.8, 3) * rng.uniform(0.8, 1.0)
     fy, fx, ph = rng.uniform(0.5, 2.0) / h, rng.uniform(0.5, 2.0) / w, rng.uniform(0, 2 * np.pi)
@@ -139,7 +156,7 @@ def render_voc(h: int, w: int, t: float, rng: np.random.Generator) -> tuple[np.n
     mask = np.zeros((h, w), np.uint8)
     side = min(h, w)
     for _ in range(rng.integers(1, 4)):
-        kind, cls, colour, tex = OBJECTS[rng.integers(len(OBJECTS))]
+        kind, cls, colour, tex = objects[rng.integers(len(objects))]
         r = rng.uniform(0.14, 0.3) * side
         cy, cx = rng.uniform(0.15 * h, 0.85 * h), rng.uniform(0.15 * w, 0.85 * w)
         inside = _shape(kind, yy - cy, xx - cx, r)
@@ -148,7 +165,7 @@ def render_voc(h: int, w: int, t: float, rng: np.random.Generator) -> tuple[np.n
         shade = (0.55 + 0.45 * pattern)[..., None] * col[None, None, :]
         img = np.where(inside[..., None], shade, img)
         mask[inside] = cls
-    return _nuisance(img, t, rng), mask
+    return _nuisance(img, t, rng, hue_sign), mask
 
 
 # Cityscapes labelIds used by the synthetic scenes
@@ -222,7 +239,7 @@ def _save_png(path: Path, arr: np.ndarray, palette: bool = False) -> None:
     im.save(path, format="PNG")
 
 
-def _write_voc(base: Path, sc: Scale, seed: int) -> dict:
+def _write_voc(base: Path, sc: Scale, seed: int, variant: str = "base") -> dict:
     """VOCdevkit/VOC2012 tree: fine train + val (palette, boundaries), aug (grayscale), extras (no masks)."""
     for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -238,7 +255,7 @@ def _write_voc(base: Path, sc: Scale, seed: int) -> dict:
             rng = np.random.default_rng([seed, 0, gi, i])
             t = float(rng.uniform(0, t_max))
             nuisance[sid] = round(t, 4)
-            img, mask = render_voc(h, w, t, rng)
+            img, mask = render_voc(h, w, t, rng, variant)
             Image.fromarray(img).save(base / "JPEGImages" / f"{sid}.jpg", quality=92)
             if group in ("fine", "val"):
                 _save_png(base / "SegmentationClass" / f"{sid}.png", boundary_ring(mask), palette=True)
@@ -251,7 +268,7 @@ def _write_voc(base: Path, sc: Scale, seed: int) -> dict:
         (sets / f"{name}.txt").write_text("".join(f"{i}\n" for i in members))
     return {"image_hw": list(sc.voc_hw), "fine_train": sc.n_fine, "aug_train": sc.n_aug,
             "unannotated_train": sc.n_extra, "val": sc.n_val,
-            "classes": {str(c): VOC_CLASSES[c] for _, c, _, _ in OBJECTS} | {"0": "background"},
+            "classes": {str(c): VOC_CLASSES[c] for _, c, _, _ in VARIANTS[variant][0]} | {"0": "background"},
             "annotated_nuisance_max": ANNOTATED_T_MAX, "nuisance": nuisance}
 
 
@@ -276,14 +293,20 @@ def _write_city(root: Path, sc: Scale, seed: int) -> dict:
             "converted_trainid_files": converted, "train_ids_present": sorted(LABELID_TO_TRAINID[i] for i in used)}
 
 
-def make_demo_data(out: str | os.PathLike, scale: str = "demo", seed: int = 0, overwrite: bool = False) -> None:
+def make_demo_data(out: str | os.PathLike, scale: str = "demo", seed: int = 0, overwrite: bool = False,
+                   variant: str = "base") -> None:
     """Write ``out/voc/VOCdevkit/VOC2012``, ``out/cityscapes`` and ``out/summary.json``.
+
+    ``variant="alt"`` draws the VOC tree with other classes, pairings, textures and hue direction
+    (``OBJECTS_ALT``): held-out data for recipes tuned on the base tree (use it with another ``seed`` too).
 
     ``out`` may be missing or an empty folder; a non-empty ``out`` needs ``overwrite=True``. The trees are built
     in a temp folder beside ``out`` and renamed onto it when complete, so an error leaves nothing half-written.
     """
     if scale not in SCALES:
         raise UserError(f"--scale: unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if variant not in VARIANTS:
+        raise UserError(f"--variant: unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     dst = Path(out)
     if dst.exists() and not dst.is_dir():
         raise UserError(f"{dst}: exists and is not a folder (--out)")
@@ -291,7 +314,7 @@ def make_demo_data(out: str | os.PathLike, scale: str = "demo", seed: int = 0, o
         raise UserError(f"{dst}: folder not empty; choose another --out or pass --force")
     sc = SCALES[scale]
     with atomic_dir(dst) as tmp:
-        summary = {"scale": scale, "seed": seed,
-                   "voc": _write_voc(tmp / "voc" / "VOCdevkit" / "VOC2012", sc, seed),
+        summary = {"scale": scale, "seed": seed, "variant": variant,
+                   "voc": _write_voc(tmp / "voc" / "VOCdevkit" / "VOC2012", sc, seed, variant),
                    "cityscapes": _write_city(tmp / "cityscapes", sc, seed)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -114,16 +114,24 @@ class UnlabelledTransform:
         self.weak = weak_transform(crop, scale_min, scale_max, PAD)
         self.strong = strong_transform()
 
-    def __call__(self, image: np.ndarray) -> dict[str, torch.Tensor]:
-        valid = np.zeros(image.shape[:2], dtype=np.uint8)
-        img_w, ign = self.weak(to_image(image), to_mask(valid))
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None,
+                 with_gt: bool = False) -> dict[str, torch.Tensor]:
+        """With ``mask`` (or ``with_gt``) the item also has ``"gt"``: the mask through the same weak view (255
+        where unknown or padded). The random draws are the same with and without it."""
+        known = mask is not None
+        valid = mask if known else np.zeros(image.shape[:2], dtype=np.uint8)
+        img_w, m = self.weak(to_image(image), to_mask(valid))
         img_s = self.strong(img_w)
-        return {
+        m = m.as_subclass(torch.Tensor).long()
+        out = {
             "image_w": normalize(img_w),
             "image_s": normalize(img_s),
-            "ignore": ign.as_subclass(torch.Tensor).long(),
+            "ignore": torch.where(m == PAD, PAD, 0) if known else m,
             "box": cutmix_box(self.crop, self.cutmix_p),
         }
+        if known or with_gt:
+            out["gt"] = torch.where(m == PAD, IGNORE, m) if known else torch.full_like(m, IGNORE)
+        return out
 
 
 def val_transform(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

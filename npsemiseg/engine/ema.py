@@ -1,4 +1,4 @@
-"""Mean-teacher EMA: teacher = exponential moving average of the student (spec section 4)."""
+"""Mean-teacher EMA: teacher = exponential moving average of the student (docs/method.md §4)."""
 from __future__ import annotations
 
 import copy

@@ -73,12 +73,26 @@ class _Batches:
 
 
 def run_evaluation(state: TrainState, val_set: Dataset) -> dict[str, float]:
-    """Evaluate the teacher (or student, ``train.eval_model``) on ``val_set`` with the configured mode."""
+    """Evaluate the teacher (or student, ``train.eval_model``) on ``val_set`` with the configured mode.
+
+    With ``train.eval_both`` the other model is evaluated too, and ``val/teacher_miou`` and ``val/student_miou``
+    are added (``val/miou`` and the other ``val/*`` stay those of ``train.eval_model``).
+    """
     cfg = state.cfg
-    model = state.teacher if cfg.train.eval_model == "teacher" else state.model
-    return evaluate(model, val_set, state.num_classes, mode=cfg.train.val_mode, crop_size=cfg.data.crop_size,
-                    num_samples=cfg.model.t_eval, ctx=state.ctx, limit=cfg.data.val_limit,
-                    batch_size=cfg.data.val_batch_size, seed=cfg.seed)
+
+    def run(name: str) -> dict[str, float]:
+        model = state.teacher if name == "teacher" else state.model
+        return evaluate(model, val_set, state.num_classes, mode=cfg.train.val_mode, crop_size=cfg.data.crop_size,
+                        num_samples=cfg.model.t_eval, ctx=state.ctx, limit=cfg.data.val_limit,
+                        batch_size=cfg.data.val_batch_size, seed=cfg.seed)
+
+    main = cfg.train.eval_model
+    out = run(main)
+    if cfg.train.eval_both:
+        other = "student" if main == "teacher" else "teacher"
+        out[f"val/{main}_miou"] = out["val/miou"]
+        out[f"val/{other}_miou"] = run(other)["val/miou"]
+    return out
 
 
 def fit(cfg: Config, ctx: RunContext | None = None) -> dict[str, Any]:
@@ -113,6 +127,7 @@ def fit(cfg: Config, ctx: RunContext | None = None) -> dict[str, Any]:
                  split.get("name", cfg.data.split))
     logger = MetricLogger(cfg.out_dir, cfg.train.iters, state.step, enabled=ctx.is_main)
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # per key: NaN values (e.g. no pseudo-label passed) are left out of the mean
     n_sum, t0 = 0, time.perf_counter()
     last_val = {k: v for k, v in state.metrics.items() if k.startswith("val/")}
     try:
@@ -124,7 +139,8 @@ def fit(cfg: Config, ctx: RunContext | None = None) -> dict[str, Any]:
                 state.epoch, state.index = state.epoch + 1, 0
                 batches.position(state.epoch, state.index)
             for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v
+                if math.isfinite(v):
+                    sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
             n_sum += 1
             step = state.step
             if step % cfg.train.log_every == 0:
@@ -149,7 +165,7 @@ def fit(cfg: Config, ctx: RunContext | None = None) -> dict[str, Any]:
                 last_val["val/best_miou"] = state.best_miou if state.best_step >= 0 else math.nan
                 last_val["val/best_step"] = state.best_step
             metrics: dict[str, Any] = {"step": step, "epoch": state.epoch}
-            metrics.update({k: v / max(n_sum, 1) for k, v in sums.items()})
+            metrics.update({k: v / counts[k] for k, v in sums.items()})
             metrics["train/step_time"] = step_time
             metrics.update(last_val)
             state.metrics = metrics
@@ -159,7 +175,7 @@ def fit(cfg: Config, ctx: RunContext | None = None) -> dict[str, Any]:
                     log.info("step %d: val/miou %.4f (best %.4f at %d)", step, last_val["val/miou"],
                              state.best_miou, state.best_step)
             ctx.report(metrics, checkpoint_dict(state) if do_ckpt else None)
-            sums, n_sum, t0 = {}, 0, time.perf_counter()
+            sums, counts, n_sum, t0 = {}, {}, 0, time.perf_counter()
     finally:
         logger.close()
     return dict(state.metrics)

@@ -1,4 +1,4 @@
-"""Losses and pseudo-label helpers of the mean-teacher step (spec section 4).
+"""Losses and pseudo-label helpers of the mean-teacher step (docs/method.md §4).
 
 Label values: 255 = ignore (ground-truth void), 254 = padding of unlabelled crops. Neither ever contributes to a
 loss. All functions take logits/probabilities already at the label resolution.
@@ -56,16 +56,18 @@ class PseudoLabels:
 
 
 def pseudo_labels(
-    probs: torch.Tensor, ignore: torch.Tensor, conf_threshold: float, entropy_threshold: float = 0.0
+    probs: torch.Tensor, ignore: torch.Tensor, conf_threshold: float | torch.Tensor, entropy_threshold: float = 0.0
 ) -> PseudoLabels:
     """Pseudo-labels from the teacher's mean probabilities (B x C x H x W).
 
     The loss mask keeps pixels with confidence >= conf_threshold (and entropy <= entropy_threshold when that is
-    > 0), and never pixels where ``ignore`` is 254 (crop padding).
+    > 0), and never pixels where ``ignore`` is 254 (crop padding). A 1-D tensor of C thresholds applies per
+    pseudo-label class (class-adaptive thresholds).
     """
     conf, label = probs.max(dim=1)
     entropy = pixel_entropy(probs, dim=1)
-    mask = (conf >= conf_threshold) & (ignore != PAD)
+    thr = conf_threshold[label] if torch.is_tensor(conf_threshold) else conf_threshold
+    mask = (conf >= thr) & (ignore != PAD)
     if entropy_threshold > 0:
         mask &= entropy <= entropy_threshold
     return PseudoLabels(label=label, conf=conf, entropy=entropy, mask=mask, ignore=ignore)

@@ -1,5 +1,8 @@
-"""SGD with two parameter groups (backbone lr, decoder + head lr x head_lr_mult) and a per-iteration poly LR."""
+"""SGD with two parameter groups (backbone lr, decoder + head lr x head_lr_mult), a per-iteration poly LR, and
+the per-step schedules of the unsupervised term (weight ramp-up, confidence-threshold ramp)."""
 from __future__ import annotations
+
+import math
 
 from torch import nn
 from torch.optim import SGD, Optimizer
@@ -46,3 +49,28 @@ class PolyLR(LRScheduler):
         frac = min(self.last_epoch, self.total_iters) / self.total_iters
         factor = (1.0 - frac) ** self.power
         return [base * factor for base in self.base_lrs]
+
+
+def ramp_factor(step: int, ramp_steps: int) -> float:
+    """Sigmoid-shaped ramp-up exp(-5 (1 - s/R)^2) for step s < R, 1 afterwards (1 always when R <= 0).
+
+    The mean-teacher ramp (Laine & Aila 2017): 0.0067 at step 0, 0.29 at R/2, 1 from step R on.
+    """
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return 1.0
+    frac = max(step, 0) / ramp_steps
+    return math.exp(-5.0 * (1.0 - frac) ** 2)
+
+
+def unsup_weight_at(step: int, tcfg: TrainConfig) -> float:
+    """Effective weight of the unsupervised term at ``step``: ``unsup_weight`` x the ramp-up factor."""
+    return tcfg.unsup_weight * ramp_factor(step, tcfg.unsup_ramp)
+
+
+def threshold_at(step: int, tcfg: TrainConfig) -> float:
+    """Confidence threshold at ``step``: linear from ``conf_threshold_start`` to ``conf_threshold`` over
+    ``threshold_ramp`` steps (constant ``conf_threshold`` when the ramp is 0 or the start is negative)."""
+    start, end, ramp = tcfg.conf_threshold_start, tcfg.conf_threshold, tcfg.threshold_ramp
+    if ramp <= 0 or start < 0 or step >= ramp:
+        return end
+    return start + (end - start) * max(step, 0) / ramp

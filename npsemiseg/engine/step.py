@@ -1,4 +1,4 @@
-"""The mean-teacher training step (spec section 4) and the state it works on.
+"""The mean-teacher training step (docs/method.md §4) and the state it works on.
 
     state = build_state(cfg, ctx)                  # student, teacher, SGD, poly LR, (AMP scaler)
     metrics = train_step(state, batch_l, batch_u)  # one optimiser step + bank update + EMA
@@ -20,9 +20,11 @@ from torch import nn
 from npsemiseg.config import Config
 from npsemiseg.engine.checkpoint import capture_rng, restore_rng
 from npsemiseg.engine.context import RunContext, use_sync_bn
+from npsemiseg.engine.diagnostics import pl_metrics
 from npsemiseg.engine.ema import ema_decay, ema_update, make_teacher
 from npsemiseg.engine.losses import PAD, ce_loss, cutmix, masked_ce_loss, ohem_ce_loss, pseudo_labels
-from npsemiseg.engine.schedule import PolyLR, build_optimizer
+from npsemiseg.engine.schedule import PolyLR, build_optimizer, threshold_at, unsup_weight_at
+from npsemiseg.engine.thresholds import CLASS_CONF_MOMENTUM, class_thresholds, update_class_conf
 from npsemiseg.errors import ConfigError
 from npsemiseg.models.resize import downsample_labels, upsample_logits
 
@@ -46,6 +48,7 @@ class TrainState:
     best_miou: float = float("-inf")
     best_step: int = -1
     metrics: dict[str, Any] = field(default_factory=dict)
+    class_conf: torch.Tensor | None = None  # running per-class teacher confidence (train.threshold_mode)
 
 
 def build_state(cfg: Config, ctx: RunContext | None = None, num_classes: int | None = None) -> TrainState:
@@ -75,6 +78,26 @@ def _autocast(state: TrainState):
     return torch.autocast(device_type="cuda", dtype=torch.float16)
 
 
+@contextlib.contextmanager
+def _feature_dropout(model: nn.Module, n_keep: int, p: float):
+    """While active, channel dropout (Dropout2d, rate ``p``) on the encoder features of batch rows ``n_keep:``
+    (the unlabelled strong views): UniMatch's feature perturbation folded into the strong-view pass, so it costs
+    no extra forward pass. The labelled rows (and so the bank rows) are untouched. No-op when ``p`` is 0."""
+    encoder = getattr(model, "encoder", None)
+    if p <= 0 or encoder is None:
+        yield
+        return
+
+    def hook(_mod: nn.Module, _inp: Any, feats: torch.Tensor) -> torch.Tensor:
+        return torch.cat([feats[:n_keep], F.dropout2d(feats[n_keep:], p, training=True)])
+
+    handle = encoder.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def update_banks(state: TrainState, query_l: torch.Tensor, mask_l: torch.Tensor,
                  query_u: torch.Tensor | None = None, label_u: torch.Tensor | None = None) -> None:
@@ -100,7 +123,8 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
     """One optimiser step on a labelled batch (+ an unlabelled batch when semi-supervised).
 
     Returns ``train/loss``, ``train/loss_sup``, ``train/loss_unsup``, ``train/loss_kl``, ``train/mask_ratio``
-    and ``train/lr`` (backbone group).
+    and ``train/lr`` (backbone group); semi-supervised steps add the pseudo-label diagnostics of
+    ``pl_metrics`` and the effective ``train/unsup_weight`` and ``train/conf_threshold`` of this step.
     """
     cfg, dev = state.cfg, state.ctx.device
     tc, mc = cfg.train, cfg.model
@@ -123,12 +147,19 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
             out_t = state.teacher(u_w, num_samples=mc.t_train)
         with torch.no_grad():
             probs = torch.softmax(upsample_logits(out_t.logits.float(), crop), dim=2).mean(0)
-            pl = pseudo_labels(probs, ign, tc.conf_threshold, tc.entropy_threshold)
+            thr = threshold_at(state.step, tc)
+            if tc.threshold_mode == "class_adaptive":
+                if state.class_conf is None:
+                    state.class_conf = torch.ones(state.num_classes, device=dev)
+                pl = pseudo_labels(probs, ign, class_thresholds(state.class_conf, thr), tc.entropy_threshold)
+                state.class_conf = update_class_conf(state.class_conf, pl, CLASS_CONF_MOMENTUM)
+            else:
+                pl = pseudo_labels(probs, ign, thr, tc.entropy_threshold)
             u_mix, pl_mix = cutmix(u_s, box, pl)
         inp = torch.cat([x, u_mix])
 
     state.student.train()
-    with _autocast(state):
+    with _autocast(state), _feature_dropout(state.model, n_l, tc.unsup_feature_dropout if semi else 0.0):
         out = state.student(inp, num_samples=mc.t_train)
     logits = upsample_logits(out.logits.float().mean(0), crop)  # mean over T of the logits, at crop size
     if tc.ohem:
@@ -137,7 +168,8 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         loss_sup = ce_loss(logits[:n_l], y)
     loss_unsup = masked_ce_loss(logits[n_l:], pl_mix) if semi else logits.new_zeros(())
     loss_kl = out.kl.float() if torch.is_tensor(out.kl) else logits.new_tensor(float(out.kl))
-    loss = loss_sup + tc.unsup_weight * loss_unsup + mc.kl_weight * loss_kl
+    w_u = unsup_weight_at(state.step, tc) if semi else 0.0
+    loss = loss_sup + w_u * loss_unsup + mc.kl_weight * loss_kl
 
     opt = state.optimizer
     opt.zero_grad(set_to_none=True)
@@ -174,7 +206,7 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         mask_ratio = float(pl_mix.mask.sum() / valid)
     else:
         mask_ratio = 0.0
-    return {
+    metrics = {
         "train/loss": float(loss.detach()),
         "train/loss_sup": float(loss_sup.detach()),
         "train/loss_unsup": float(loss_unsup.detach()),
@@ -182,6 +214,14 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         "train/mask_ratio": mask_ratio,
         "train/lr": float(lr),
     }
+    if semi:
+        gt = batch_u.get("gt")
+        metrics.update(pl_metrics(pl, gt.to(dev) if gt is not None else None))
+        metrics["train/unsup_weight"] = w_u
+        metrics["train/conf_threshold"] = thr
+        if state.class_conf is not None:
+            metrics["train/conf_threshold_min"] = float(class_thresholds(state.class_conf, thr).min())
+    return metrics
 
 
 def checkpoint_dict(state: TrainState, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -203,6 +243,8 @@ def checkpoint_dict(state: TrainState, extra: dict[str, Any] | None = None) -> d
     }
     if state.scaler is not None:
         ckpt["scaler"] = state.scaler.state_dict()
+    if state.class_conf is not None:
+        ckpt["class_conf"] = state.class_conf.detach().cpu()
     if extra:
         ckpt.update(extra)
     return ckpt
@@ -222,5 +264,7 @@ def restore_state(state: TrainState, ckpt: dict[str, Any], rng: bool = True) -> 
     state.best_miou = float(ckpt.get("best_miou", float("-inf")))
     state.best_step = int(ckpt.get("best_step", -1))
     state.metrics = dict(ckpt.get("metrics", {}))
+    if "class_conf" in ckpt:
+        state.class_conf = ckpt["class_conf"].to(state.ctx.device)
     if rng and "rng" in ckpt:
         restore_rng(ckpt["rng"])
