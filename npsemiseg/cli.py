@@ -14,6 +14,7 @@ from npsemiseg.errors import UserError, one_line
 # Layers that contribute subcommands, bottom-up. A module that is missing (layer not built yet) is skipped.
 COMMAND_MODULES = (
     "npsemiseg.data.cli",
+    "npsemiseg.models.cli",  # cluster: fetch-weights
     "npsemiseg.engine.cli",
     "npsemiseg.distributed.cli",
     "npsemiseg.tune.cli",
