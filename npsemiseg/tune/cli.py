@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from npsemiseg.errors import UserError, one_line
+from npsemiseg.tune.preflight import SplitsFailed  # cluster-hook
 from npsemiseg.tune.resources import DEFAULT_GPU_TRIAL_RESOURCES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,6 +158,9 @@ def run_from_args(args: argparse.Namespace, dataset: str) -> int:
         for line in plan_lines(settings):
             print(f"[plan] {line}")
         return 0
+    from npsemiseg.tune.preflight import preflight  # cluster-hook: driver-side checks before Ray starts
+
+    preflight(settings)  # cluster-hook
     from npsemiseg.tune.session import connect
 
     demo = args.data_root is None
@@ -184,10 +188,19 @@ def sweep_main(dataset: str, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{p.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except SplitsFailed as e:  # cluster-hook: every trial of a split errored -> one line per split, exit 1
+        for line in e.lines:  # cluster-hook
+            print(f"{p.prog}: error: {line}", file=sys.stderr)  # cluster-hook
+        return 1  # cluster-hook
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    return run_from_args(args, args.dataset)
+    try:  # cluster-hook
+        return run_from_args(args, args.dataset)
+    except SplitsFailed as e:  # cluster-hook
+        for line in e.lines:  # cluster-hook
+            print(f"npsemiseg: error: {line}", file=sys.stderr)  # cluster-hook
+        return 1  # cluster-hook
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:

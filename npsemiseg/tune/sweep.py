@@ -275,5 +275,10 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
         from npsemiseg.tune.export import export_experiment
 
         export_experiment(settings.experiment_dir)
+    from npsemiseg.tune.preflight import SplitsFailed, errors_from_grids, failed_split_lines  # cluster-hook
+
+    failed = failed_split_lines(errors_from_grids(grids))  # cluster-hook: every trial of a split errored
+    if failed:  # cluster-hook
+        raise SplitsFailed(failed)  # cluster-hook
     print(f"[sweep] done in {time.time() - t0:.0f} s; results in {settings.experiment_dir}", flush=True)
     return df
