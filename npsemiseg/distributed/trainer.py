@@ -34,7 +34,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     cfg = config_from_dict(config["cfg"])
     ctx = RayContext(cfg)
-    return dict(fit(cfg, ctx) or {})
+    sync = None
+    if config.get("tensorboard_uri") and ctx.rank == 0:  # cluster-hook: rank 0's event files -> trial storage
+        from npsemiseg.distributed.tbsync import TensorBoardSync
+
+        sync = TensorBoardSync(Path(cfg.out_dir) / "tb", config["tensorboard_uri"]).start()
+    try:
+        return dict(fit(cfg, ctx) or {})
+    finally:
+        if sync is not None:
+            sync.stop()
 
 
 LOCAL_PATH_KEYS = ("out_dir", "data.root", "data.split_dir", "data.labelled_list", "data.unlabelled_list",
@@ -76,12 +85,15 @@ def build_trainer(
     resources_per_worker: dict[str, float] | None = None,
     num_to_keep: int | None = 2,
     train_fn: Callable[[dict[str, Any]], Any] = train_loop_per_worker,
+    tensorboard_uri: str | None = None,
 ) -> TorchTrainer:
     """A ``TorchTrainer`` that runs ``train_fn`` (default: the NP-SemiSeg loop) on ``num_workers`` ranks.
 
     Backend nccl with GPUs, gloo without. Checkpoints go to ``storage_path/name`` (a local dir, an NFS mount or
     an object-store URI); at most ``num_to_keep`` are kept, the best by ``val/miou`` plus always the latest.
-    ``max_failures`` restarts the worker group from the latest checkpoint after a worker error (-1 = forever).
+    ``max_failures`` restarts the worker group from the latest checkpoint after a worker error or a node
+    preemption (one budget for both: Train V2 otherwise retries preemptions forever; -1 = forever).
+    ``tensorboard_uri``: rank 0 mirrors ``<out_dir>/tb`` there (a trial's storage folder on a cluster).
     Rerunning with the same ``storage_path`` and ``name`` resumes that run from its latest checkpoint.
     """
     if num_workers < 1:
@@ -96,14 +108,14 @@ def build_trainer(
         name=name,
         storage_path=_storage(storage_path),
         callbacks=list(callbacks),
-        failure_config=FailureConfig(max_failures=max_failures),
+        failure_config=FailureConfig(max_failures=max_failures, max_preemption_failures=max_failures),
         checkpoint_config=CheckpointConfig(
             num_to_keep=num_to_keep, checkpoint_score_attribute=SCORE_ATTRIBUTE, checkpoint_score_order="max"
         ),
     )
     return TorchTrainer(
         train_fn,
-        train_loop_config={"cfg": cfg.to_dict()},
+        train_loop_config={"cfg": cfg.to_dict(), "tensorboard_uri": tensorboard_uri},
         torch_config=TorchConfig(backend=choose_backend(use_gpu)),
         scaling_config=scaling,
         run_config=run,

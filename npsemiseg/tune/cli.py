@@ -7,6 +7,7 @@ the cluster Ray finds (``RAY_ADDRESS`` / ``--address``, or a head node started o
 from __future__ import annotations
 
 import argparse
+import os  # cluster-hook
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from npsemiseg.tune.preflight import SplitsFailed  # cluster-hook
 from npsemiseg.tune.resources import DEFAULT_GPU_TRIAL_RESOURCES
 
 REPO = Path(__file__).resolve().parents[2]
+CLUSTER_MAX_FAILURES = 3  # cluster-hook: trial restarts (from its last checkpoint) when its node is lost
 DATASETS = ("voc", "cityscapes")
 # Demo budget (README command 1: two splits on 2 CPU cores in <= 5 minutes) and the smaller CI smoke test.
 DEMO = {"trials": 4, "max_concurrent": 2, "n_startup_trials": 2, "num_cpus": 4}
@@ -68,10 +70,23 @@ def add_sweep_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
     g.add_argument("--experiment", help="experiment name (default <dataset>_demo / _smoke / _search); rerun the "
                                         "same command to resume it")
     g.add_argument("--num-to-keep", type=int, default=2, help="checkpoints kept per trial")
-    g.add_argument("--max-failures", type=int, default=0, help="restarts of a failed trial's workers")
+    g.add_argument("--max-failures", type=int,  # cluster-hook: default depends on where the sweep runs
+                   help=f"restarts of a failed trial (node lost, spot reclaim), each from its last checkpoint; "
+                        f"default {CLUSTER_MAX_FAILURES} on a cluster (--address/RAY_ADDRESS, --use-gpu or a URI "
+                        "--storage-path), 0 for a local demo")
     g.add_argument("--no-export", action="store_true", help="skip exporting the best checkpoint per split")
     g.add_argument("--dry-run", action="store_true", help="print the plan and exit (no Ray, no training)")
     g.add_argument("--verbose", action="store_true", help="stream the Train workers' logs to the terminal")
+
+
+def default_max_failures(args: argparse.Namespace) -> int:  # cluster-hook
+    """--max-failures, or CLUSTER_MAX_FAILURES when the sweep runs on a cluster (nodes can disappear), else 0."""
+    if args.max_failures is not None:
+        if args.max_failures < -1:
+            raise UserError(f"--max-failures: must be >= -1 (-1 = forever), got {args.max_failures}")
+        return args.max_failures
+    cluster = bool(args.address or os.environ.get("RAY_ADDRESS") or args.use_gpu or "://" in args.storage_path)
+    return CLUSTER_MAX_FAILURES if cluster else 0
 
 
 def _csv(s: str | None) -> list[str]:
@@ -142,7 +157,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
             budget["n_startup_trials"] if demo else 10),
         seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         time_attr=args.time_attr, objectives=tuple(_csv(args.objectives)), resources=resources,
-        num_to_keep=args.num_to_keep, max_failures=args.max_failures,
+        num_to_keep=args.num_to_keep, max_failures=default_max_failures(args),  # cluster-hook
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from npsemiseg.errors import UserError
 from npsemiseg.tune.resources import TRIAL_DRIVER_CPU, TrialResources
 from npsemiseg.tune.space import SearchSpace
+from npsemiseg.tune.storage import activate, restore_local, sync_up  # cluster-hook
 from npsemiseg.tune.trial import TrialSpec, run_trial
 
 METRIC = "val/miou"
@@ -200,12 +201,15 @@ def run_split(settings: SweepSettings, split: str) -> Any:
     """Fit (or restore and finish) the split's Tuner; returns its ``ResultGrid``."""
     from ray import tune
 
+    from npsemiseg.tune.callbacks import storage_callbacks  # cluster-hook
+
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(settings.checkpoint_period_s)
     path = settings.tune_path(split)
     trainable = make_trainable(settings, split)
     if tune.Tuner.can_restore(path):
         print(f"[sweep] {split}: resuming {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)  # cluster-hook: errored trials continue from checkpoints
     else:
         tuner = tune.Tuner(
             trainable,
@@ -218,6 +222,7 @@ def run_split(settings: SweepSettings, split: str) -> Any:
                 name=split_slug(split), storage_path=f"{settings.storage_uri}/{settings.experiment}",
                 verbose=settings.verbose,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                callbacks=storage_callbacks(settings, split),  # cluster-hook: tables+journal to storage, no dup TB
             ),
         )
     grid = tuner.fit()
@@ -265,6 +270,8 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
     for line in plan_lines(settings, ray.cluster_resources()):
         print(f"[plan] {line}", flush=True)
     t0 = time.time()
+    activate(settings)  # cluster-hook: StorageCallback finds these settings (also when restored from tuner.pkl)
+    restore_local(settings)  # cluster-hook: a new head downloads the journal + tables from the storage
     grids = {}
     for split in settings.splits:
         grids[split] = run_split(settings, split)
@@ -276,7 +283,10 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
 
         export_experiment(settings.experiment_dir)
     from npsemiseg.tune.preflight import SplitsFailed, errors_from_grids, failed_split_lines  # cluster-hook
+    from npsemiseg.tune.retention import apply_retention  # cluster-hook
 
+    sync_up(settings, exports=True)  # cluster-hook: final tables, plots, exports, journal -> storage
+    apply_retention(settings, df)  # cluster-hook: keep only each row's checkpoint
     failed = failed_split_lines(errors_from_grids(grids))  # cluster-hook: every trial of a split errored
     if failed:  # cluster-hook
         raise SplitsFailed(failed)  # cluster-hook

@@ -1,0 +1,44 @@
+"""TensorBoard for sweeps: one run per trial, in the trial's storage folder, with the split and sampled values as
+HParams.
+
+    tensorboard --logdir <storage-path>/<experiment>        # local or NFS storage
+    tensorboard --logdir s3://BUCKET/npsemiseg/voc_search   # S3 (TensorBoard reads s3:// with boto3 installed)
+
+Each trial's run is ``<storage>/<experiment>/<split_slug>/trial_<id>/tb``: rank 0 of the trial's Train run writes
+its scalars there (keyed by training step; on a cluster a thread mirrors them from the GPU node), and the trial
+function adds one HParams event file to the same folder, so the HParams tab lists every trial with its split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+HPARAM_METRICS = ("val/miou", "val/ece", "val/err_auroc")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+def write_hparams(log_dir: str | Path, split: str, params: dict[str, Any]) -> Path:
+    """Write the HParams summaries (split + sampled values, metrics declared) into ``log_dir``; returns it."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    hp = {"split": split, **{k: _plain(v) for k, v in sorted(params.items())}}
+    exp, ssi, sei = hparams(hp, {m: float("nan") for m in HPARAM_METRICS})
+    log_dir = Path(log_dir)
+    w = SummaryWriter(log_dir=str(log_dir), filename_suffix=".hparams")
+    for s in (exp, ssi, sei):
+        w.file_writer.add_summary(s)
+    w.close()
+    return log_dir
+
+
+def tensorboard_dest(storage_root: str, experiment: str, trial_dir: str) -> str:
+    """``<storage>/<experiment>/<split_slug>/trial_<id>/tb`` from the trial's local folder (whose last two parts
+    are the split's Tune experiment and the trial folder)."""
+    p = Path(trial_dir)
+    return f"{storage_root.rstrip('/')}/{experiment}/{p.parent.name}/{p.name}/tb"
