@@ -21,7 +21,8 @@ def upload_tree(local: Path, uri: str) -> int:
     for f in sorted(local.rglob("*")):
         if f.is_file():
             dst = f"{root}/{f.relative_to(local).as_posix()}"
-            fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+            if isinstance(fs, pafs.LocalFileSystem):  # object stores have no folders to make
+                fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
             pafs.copy_files(str(f), dst, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
             n += 1
     return n

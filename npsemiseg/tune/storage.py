@@ -85,8 +85,8 @@ class Storage:
 
     def put_file(self, local: str | os.PathLike, rel: str) -> None:
         dst = self.path(rel)
-        self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
         if not self.remote:  # write beside and rename: readers never see half a file
+            self.fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
             tmp = f"{dst}.tmp-{os.getpid()}"
             pafs.copy_files(str(local), tmp, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
             self.fs.move(tmp, dst)
