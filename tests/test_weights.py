@@ -64,6 +64,9 @@ def test_fetch_from_file_url_and_folder_then_training_finds_them(no_cache, monke
     assert got == [str(out / name)] and (out / name).read_bytes() == (mirror / name).read_bytes()
     got = W.fetch_weights(["resnet18"], str(no_cache / "w2"), source=str(mirror), check_hash=False)
     assert Path(got[0]).is_file()
+    # already present: kept, the source is not even read (setup commands run on every node at each `ray up`)
+    assert W.fetch_weights(["resnet18"], str(out), source=str(no_cache / "nowhere"), check_hash=False) == got[:0] + [
+        str(out / name)]
     monkeypatch.setenv(W.WEIGHTS_ENV, str(out))
     from npsemiseg.config import Config, apply_overrides
     from npsemiseg.models.build import build_model

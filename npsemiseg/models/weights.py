@@ -135,6 +135,7 @@ def fetch_weights(depths: list[str], out: str, source: str = DOWNLOAD_BASE, chec
     """Fetch each depth's IMAGENET1K_V1 file from ``source`` into ``out`` (folder or URI); returns the destinations.
 
     A file whose SHA-256 does not start with the digits in its name is rejected (UserError), nothing is stored.
+    A file already in a local ``out`` that passes the check is kept as it is.
     """
     if not depths:
         raise UserError("--backbone: name at least one backbone (resnet18, resnet34, resnet50, resnet101)")
@@ -142,6 +143,10 @@ def fetch_weights(depths: list[str], out: str, source: str = DOWNLOAD_BASE, chec
     with tempfile.TemporaryDirectory(prefix="npsemiseg-weights-") as tmp:
         for depth in depths:
             name = weight_files(depth)[0]
+            have = Path(out).expanduser() / name
+            if not _is_uri(out) and have.is_file() and (not check_hash or sha256_prefix_ok(have, name)):
+                done.append(str(have))  # already there (a pre-built image, a second setup run)
+                continue
             local = Path(tmp) / name
             _get(source, name, local)
             if check_hash and not sha256_prefix_ok(local, name):

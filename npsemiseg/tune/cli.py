@@ -74,6 +74,9 @@ def add_sweep_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                    help=f"restarts of a failed trial (node lost, spot reclaim), each from its last checkpoint; "
                         f"default {CLUSTER_MAX_FAILURES} on a cluster (--address/RAY_ADDRESS, --use-gpu or a URI "
                         "--storage-path), 0 for a local demo")
+    g.add_argument("--keep-checkpoints", action="store_true",  # cluster-hook
+                   help="keep every retained checkpoint of every trial after the sweep (default: only the one "
+                        "each results row points to)")
     g.add_argument("--no-export", action="store_true", help="skip exporting the best checkpoint per split")
     g.add_argument("--dry-run", action="store_true", help="print the plan and exit (no Ray, no training)")
     g.add_argument("--verbose", action="store_true", help="stream the Train workers' logs to the terminal")
@@ -158,6 +161,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
         seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         time_attr=args.time_attr, objectives=tuple(_csv(args.objectives)), resources=resources,
         num_to_keep=args.num_to_keep, max_failures=default_max_failures(args),  # cluster-hook
+        keep_checkpoints=args.keep_checkpoints,  # cluster-hook
     )
 
 

@@ -57,6 +57,7 @@ class SweepSettings:
     resources: TrialResources = field(default_factory=TrialResources)
     num_to_keep: int = 2
     max_failures: int = 0
+    keep_checkpoints: bool = False  # cluster-hook: skip retention (keep every trial's --num-to-keep checkpoints)
     checkpoint_period_s: float = 2.0  # TUNE_GLOBAL_CHECKPOINT_S: how stale the restorable experiment state may be
     trainer_factory: Any = None  # test seam for TrialSpec.trainer_factory
     verbose: int = 1
@@ -286,7 +287,8 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
     from npsemiseg.tune.retention import apply_retention  # cluster-hook
 
     sync_up(settings, exports=True)  # cluster-hook: final tables, plots, exports, journal -> storage
-    apply_retention(settings, df)  # cluster-hook: keep only each row's checkpoint
+    if not settings.keep_checkpoints:  # cluster-hook
+        apply_retention(settings, df)  # cluster-hook: keep only each row's checkpoint
     failed = failed_split_lines(errors_from_grids(grids))  # cluster-hook: every trial of a split errored
     if failed:  # cluster-hook
         raise SplitsFailed(failed)  # cluster-hook
