@@ -95,7 +95,8 @@ def test_sweep_lives_in_s3_and_restores_on_an_empty_head(demo_root: Path, tmp_pa
         assert all(p.startswith("s3://sweeps/np/s3x/") for p in table["checkpoint_path"])
         # retention: each trial's Train run keeps exactly the checkpoint its row names
         for _, row in table.iterrows():
-            ckpts = {k.split("/")[3] for k in keys if k.startswith(f"np/s3x/{row['trial_id']}/checkpoint_")}
+            ckpts = {k.split("/")[3] for k in keys
+                     if k.startswith(f"np/s3x/{row['trial_id']}/checkpoint_step") and k.count("/") > 3}
             assert ckpts == {row["checkpoint_path"].rstrip("/").rsplit("/", 1)[-1]}, (row["trial_id"], ckpts)
         assert "[retention] removed 2 checkpoint(s)" in out1  # 2 evaluations per trial, 1 kept each
         # TensorBoard: one run per trial in its storage folder (scalars + HParams), nothing from Ray's logger

@@ -42,3 +42,17 @@ def tensorboard_dest(storage_root: str, experiment: str, trial_dir: str) -> str:
     are the split's Tune experiment and the trial folder)."""
     p = Path(trial_dir)
     return f"{storage_root.rstrip('/')}/{experiment}/{p.parent.name}/{p.name}/tb"
+
+
+def trial_tensorboard(storage_root: str, experiment: str, split: str, params: dict[str, Any],
+                      trial_dir: str) -> dict[str, Any]:
+    """In a trial function: write the HParams into ``<trial_dir>/tb``; with URI storage mirror it to the trial's
+    storage folder and return ``{"tensorboard_uri": ...}`` for ``build_trainer`` (rank 0 mirrors there too)."""
+    local = write_hparams(Path(trial_dir) / "tb", split, params)
+    if "://" not in storage_root:
+        return {}  # the trial folder is already in the storage
+    from npsemiseg.distributed.tbsync import upload_tree
+
+    dest = tensorboard_dest(storage_root, experiment, trial_dir)
+    upload_tree(local, dest)
+    return {"tensorboard_uri": dest}

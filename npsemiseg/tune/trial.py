@@ -60,7 +60,10 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     if factory is None:
         from npsemiseg.distributed.trainer import build_trainer as factory
     res = spec.resources
-    tb_kw = tensorboard_setup(spec, config, ctx.get_trial_dir())  # cluster-hook: HParams + TB dest in storage
+    from npsemiseg.tune.tensorboard import trial_tensorboard  # cluster-hook
+
+    tb_kw = trial_tensorboard(spec.storage_root, spec.experiment, spec.split, config,  # cluster-hook: HParams,
+                              ctx.get_trial_dir())  # cluster-hook: rank 0's event files -> trial storage
     trainer = factory(
         cfg,
         num_workers=res.workers,
@@ -75,19 +78,3 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     )
     trainer.fit()
 
-
-def tensorboard_setup(spec: TrialSpec, params: dict[str, Any], trial_dir: str) -> dict[str, Any]:  # cluster-hook
-    """Write the trial's HParams into ``<trial_dir>/tb``; with URI storage, mirror it to the trial's storage folder
-    and return ``{"tensorboard_uri": ...}`` so rank 0 mirrors its event files there too."""
-    from pathlib import Path
-
-    from npsemiseg.tune.tensorboard import tensorboard_dest, write_hparams
-
-    local = write_hparams(Path(trial_dir) / "tb", spec.split, params)
-    if "://" not in spec.storage_root:
-        return {}  # the trial folder is already in the storage
-    from npsemiseg.distributed.tbsync import upload_tree
-
-    dest = tensorboard_dest(spec.storage_root, spec.experiment, trial_dir)
-    upload_tree(local, dest)
-    return {"tensorboard_uri": dest}
