@@ -156,7 +156,8 @@ def trial_dirname(trial: Any) -> str:
 def make_searcher(settings: SweepSettings, split: str) -> Any:
     """A seeded TPE ``OptunaSearch`` whose study ``<experiment>/<split>`` lives in the journal file."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from npsemiseg.tune.resumable import ResumableOptunaSearch as OptunaSearch  # cluster-hook: resumed FAIL trials
 
     metrics, modes = settings.metrics_and_modes()
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.n_startup_trials)
