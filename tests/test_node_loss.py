@@ -44,7 +44,7 @@ DRIVER = textwrap.dedent(
             return s.getsockname()[1]
 
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "port": free_port(), "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": True, "dashboard_host": "127.0.0.1",
         "dashboard_port": free_port()})
     os.environ["RAY_ADDRESS"] = cluster.address  # daemons and workers find this GCS (see tune/session.py)
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
