@@ -43,10 +43,14 @@ DRIVER = textwrap.dedent(
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
+    from ray._private.services import get_node_ip_address
+
+    port = free_port()
+    os.environ["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"  # every Ray process finds this GCS (session.py)
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "gcs_server_port": free_port(), "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "num_cpus": 1, "gcs_server_port": port, "include_dashboard": True, "dashboard_host": "127.0.0.1",
         "dashboard_port": free_port()})
-    os.environ["RAY_ADDRESS"] = cluster.address  # daemons and workers find this GCS (see tune/session.py)
+    assert cluster.address == os.environ["RAY_ADDRESS"], cluster.address
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
     ray.init(address=cluster.address, log_to_driver=False)
     settings = SweepSettings(space=load_space(space), experiment="loss", storage_root=str(storage),
