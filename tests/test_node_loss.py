@@ -66,7 +66,7 @@ DRIVER = textwrap.dedent(
             if ckpts:
                 busy = ray._private.state.available_resources_per_node()
                 for node in workers:
-                    if busy.get(node.node_id, {}).get("CPU", 2) < 2:  # this node runs the Train worker
+                    if busy.get(node.node_id, {}).get("CPU", 2) < 1:  # this node runs the Train worker
                         killed.update(node=node.node_id, after=sorted(p.name for p in ckpts), t=time.time())
                         cluster.remove_node(node, allow_graceful=False)
                         return
@@ -77,8 +77,11 @@ DRIVER = textwrap.dedent(
     from npsemiseg.tune.results import HISTORY
     import pandas as pd
     hist = pd.read_parquet(storage / "loss" / HISTORY)
+    trial_dir = next((storage / "loss" / "demo_1_4").glob("trial_*"))
     print("RESULT " + json.dumps({
         "killed": {k: v for k, v in killed.items() if k != "t"},
+        "failures": (trial_dir / "error.txt").read_text().count("Failure #") if (trial_dir / "error.txt").exists()
+        else 0,
         "rows": df[["trial_id", "status", "iterations", "full_budget"]].to_dict("records"),
         "steps": [int(s) for s in hist["step"]],
         "alive": [n["NodeID"] for n in ray.nodes() if n["Alive"]],
@@ -116,6 +119,7 @@ def test_trial_survives_the_loss_of_its_node(demo_root: Path, tmp_path: Path) ->
     res = json.loads(lines[-1][len("RESULT "):])
     assert res["killed"], "the node was never killed"
     assert res["killed"]["node"] not in res["alive"]  # really gone
+    assert res["failures"] == 1  # the trial failed once (its node), Tune restarted it once
     assert res["rows"] == [{"trial_id": res["rows"][0]["trial_id"], "status": "COMPLETE", "iterations": ITERS,
                             "full_budget": True}]
     steps = res["steps"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from npsemiseg.errors import UserError
-from npsemiseg.tune.resources import TRIAL_DRIVER_CPU, TrialResources
+from npsemiseg.tune.resources import TrialResources
 from npsemiseg.tune.space import SearchSpace
 from npsemiseg.tune.storage import activate, restore_local, sync_up  # cluster-hook
 from npsemiseg.tune.trial import TrialSpec, run_trial
@@ -196,7 +196,9 @@ def make_trainable(settings: SweepSettings, split: str) -> Any:
     from ray import tune
 
     spec = trial_spec(settings, split)
-    return tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": TRIAL_DRIVER_CPU})
+    from npsemiseg.tune.placement import trial_driver_resources  # cluster-hook: trial functions on the head
+
+    return tune.with_resources(tune.with_parameters(run_trial, spec=spec), trial_driver_resources())  # cluster-hook
 
 
 def run_split(settings: SweepSettings, split: str) -> Any:
