@@ -66,7 +66,8 @@ DRIVER = textwrap.dedent(
             if ckpts:
                 busy = ray._private.state.available_resources_per_node()
                 for node in workers:
-                    if busy.get(node.node_id, {}).get("CPU", 2) < 1:  # this node runs the Train worker
+                    # the node whose CPUs are taken runs the Train worker (Ray omits resources at 0)
+                    if node.node_id in busy and busy[node.node_id].get("CPU", 0.0) < 1:
                         killed.update(node=node.node_id, after=sorted(p.name for p in ckpts), t=time.time())
                         cluster.remove_node(node, allow_graceful=False)
                         return
