@@ -59,11 +59,25 @@ DRIVER = textwrap.dedent(
                              verbose=0)
     killed = {}
 
+    def reported():
+        # (pid of the trial function, step) of every result Tune logged for the trial, in order
+        out = []
+        for f in (storage / "loss" / "demo_1_4").glob("trial_*/result.json"):
+            for line in f.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                out.append((r["pid"], r["step"]))
+        return out
+
     def killer():
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
+            # wait until Tune has received two reports with checkpoints (the Train run registered them), so the
+            # restarted trial has a checkpoint to continue from
             ckpts = list((storage / "loss").glob("*/checkpoint_step*"))
-            if ckpts:
+            if len(reported()) >= 2:
                 busy = ray._private.state.available_resources_per_node()
                 for node in workers:
                     # the node whose CPUs are taken runs the Train worker (Ray omits resources at 0)
@@ -85,6 +99,7 @@ DRIVER = textwrap.dedent(
         else 0,
         "rows": df[["trial_id", "status", "iterations", "full_budget"]].to_dict("records"),
         "steps": [int(s) for s in hist["step"]],
+        "reported": reported(),
         "alive": [n["NodeID"] for n in ray.nodes() if n["Alive"]],
     }))
     ray.shutdown()
@@ -129,3 +144,10 @@ def test_trial_survives_the_loss_of_its_node(demo_root: Path, tmp_path: Path) ->
     # from a checkpoint (they never fall back to the first evaluation)
     assert set(range(EVERY, ITERS + 1, EVERY)) <= set(steps)
     assert steps.count(EVERY) == 1 and all(b >= a - EVERY for a, b in zip(steps, steps[1:])), steps
+    # the restart: a second trial-function process whose first report comes after the killed attempt's
+    # checkpoints, not the first evaluation again (a restart from scratch would report step EVERY first)
+    pids = list(dict.fromkeys(pid for pid, _ in res["reported"]))
+    assert len(pids) == 2, res["reported"]
+    first = [st for pid, st in res["reported"] if pid == pids[0]]
+    second = [st for pid, st in res["reported"] if pid == pids[1]]
+    assert len(first) >= 2 and EVERY < second[0] <= first[-1] + EVERY and second[-1] == ITERS, res["reported"]
