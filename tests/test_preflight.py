@@ -104,3 +104,37 @@ def test_error_reason_and_failed_split_lines():
     })
     assert lines == ["split voc/classic/92: all 2 trial(s) failed: /data/JPEGImages/2007_000032.jpg: cannot read "
                      "image (truncated file)"]
+
+
+@pytest.mark.slow
+def test_sweep_whose_every_trial_errors_exits_1_with_one_line(tmp_path, demo_root):
+    """A real (tiny) sweep in a subprocess with its own Ray: every trial raises inside its Train worker (fault
+    injection, no retries), so the sweep writes its table and exits 1 with one line for the split."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    import pandas as pd
+
+    repo = Path(__file__).resolve().parents[1]
+    space = _space(tmp_path, demo_root, "  train.ema_decay: {type: float, low: 0.9, high: 0.99}\n",
+                   splits="[demo/1_4]")
+    ray_tmp = tempfile.mkdtemp(prefix="npfail", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(repo))
+    cmd = [sys.executable, "-m", "npsemiseg", "sweep", "--dataset", "voc", "--data-root", str(demo_root / "voc"),
+           "--space", str(space), "--storage-path", str(tmp_path / "rr"), "--experiment", "fails", "--trials", "1",
+           "--n-startup-trials", "1", "--num-cpus", "2", "--max-failures", "0", "--set", "train.fail_at_step=2",
+           "train.iters=4", "train.eval_every=2"]
+    try:
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("npsemiseg: error: ")]
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
+    assert errors == ["npsemiseg: error: split demo/1_4: all 1 trial(s) failed: RuntimeError: fault injection: "
+                      "train.fail_at_step=2 reached at step 2"], errors
+    table = pd.read_parquet(tmp_path / "rr" / "fails" / "results.parquet")
+    assert list(table["status"]) == ["ERROR"]
