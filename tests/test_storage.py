@@ -167,3 +167,12 @@ def test_fetch_weights_to_and_from_a_bucket(s3, tmp_path):
                          check_hash=False) == [f"s3://sweeps/weights/{name}"]
     got = fetch_weights(["resnet18"], str(tmp_path / "node"), source="s3://sweeps/weights", check_hash=False)
     assert Path(got[0]).read_bytes() == (tmp_path / "mirror" / name).read_bytes()
+
+
+def test_split_of_a_trial_in_a_tuner_for_every_split():
+    from npsemiseg.tune.callbacks import split_of
+
+    assert split_of(SimpleNamespace(trial_id="t", config={"split": "demo/1_8", "train.lr": 0.1})) == "demo/1_8"
+    assert split_of(SimpleNamespace(trial_id="t", config={"data.split": "demo/1_4"})) == "demo/1_4"
+    with pytest.raises(KeyError, match="no split"):
+        split_of(SimpleNamespace(trial_id="t", config={"train.lr": 0.1}))

@@ -28,9 +28,10 @@ class StorageCallback(Callback):
     """Rewrites the results table, history and plots when a trial ends and mirrors them (+ the journal) to storage.
 
     Rows of trials this driver did not see end (an earlier head) are kept from the table already there.
+    ``split=None`` (one Tuner for all splits): each trial's split is read from its config (``SPLIT_KEYS``).
     """
 
-    def __init__(self, experiment: str, split: str, upload_every_s: float = 10.0) -> None:
+    def __init__(self, experiment: str, split: str | None, upload_every_s: float = 10.0) -> None:
         self.experiment = experiment
         self.split = split
         self.upload_every_s = upload_every_s
@@ -71,8 +72,21 @@ class StorageCallback(Callback):
         self._upload_journal(force=True)
 
     def _write(self, trial: Any, error: BaseException | None) -> None:
-        write_trial_row(self.settings, self.split, trial, self._history.get(trial.trial_id, []), error)
+        split = self.split or split_of(trial)
+        write_trial_row(self.settings, split, trial, self._history.get(trial.trial_id, []), error)
         self._last_upload = time.time()
+
+
+SPLIT_KEYS = ("split", "data.split")
+
+
+def split_of(trial: Any) -> str:
+    """The label split a trial belongs to, from its config (for a Tuner that runs every split)."""
+    config = getattr(trial, "config", None) or {}
+    for key in SPLIT_KEYS:
+        if config.get(key):
+            return str(config[key])
+    raise KeyError(f"trial {trial.trial_id}: no split in its config (looked for {', '.join(SPLIT_KEYS)})")
 
 
 def write_trial_row(settings: Any, split: str, trial: Any, history: list[dict[str, Any]],
