@@ -123,11 +123,11 @@ def test_sweep_whose_every_trial_errors_exits_1_with_one_line(tmp_path, demo_roo
                    splits="[demo/1_4]")
     ray_tmp = tempfile.mkdtemp(prefix="npfail", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(repo))
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(repo), NPSEMISEG_FAIL_AT_STEP="2")
     cmd = [sys.executable, "-m", "npsemiseg", "sweep", "--dataset", "voc", "--data-root", str(demo_root / "voc"),
            "--space", str(space), "--storage-path", str(tmp_path / "rr"), "--experiment", "fails", "--trials", "1",
-           "--n-startup-trials", "1", "--num-cpus", "2", "--max-failures", "0", "--set", "train.fail_at_step=2",
-           "train.iters=4", "train.eval_every=2"]
+           "--n-startup-trials", "1", "--num-cpus", "2", "--max-failures", "0", "--set", "train.iters=4",
+           "train.eval_every=2"]
     try:
         out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     finally:
@@ -135,6 +135,6 @@ def test_sweep_whose_every_trial_errors_exits_1_with_one_line(tmp_path, demo_roo
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("npsemiseg: error: ")]
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
     assert errors == ["npsemiseg: error: split demo/1_4: all 1 trial(s) failed: RuntimeError: fault injection: "
-                      "train.fail_at_step=2 reached at step 2"], errors
+                      "NPSEMISEG_FAIL_AT_STEP=2 reached at step 2"], errors
     table = pd.read_parquet(tmp_path / "rr" / "fails" / "results.parquet")
     assert list(table["status"]) == ["ERROR"]
