@@ -86,8 +86,8 @@ def test_sweep_lives_in_s3_and_restores_on_an_empty_head(demo_root: Path, tmp_pa
         assert mid is not None and mid[1] and len(mid[0]) == 1, "no partial table in the bucket mid-sweep"
 
         keys = _objects(s3, "np/s3x/")
-        for name in ("results.parquet", "results.csv", "history.parquet", "optuna_journal.log",
-                     "exports/demo/1_4/model.pt", "exports/demo/1_4/sweep.json"):
+        for name in ("results.parquet", "results.csv", "history.parquet", "optuna_journal.log", "trial_events.jsonl",
+                     "exports/demo/1_4/model.pt", "exports/demo/1_4/sweep.json", "plots/best_by_split.png"):
             assert f"np/s3x/{name}" in keys, (name, sorted(keys))
         assert any(k.startswith("np/s3x/plots/") and k.endswith(".png") for k in keys)
         table = _table(s3, "np/s3x/results.parquet", tmp_path)
@@ -103,6 +103,7 @@ def test_sweep_lives_in_s3_and_restores_on_an_empty_head(demo_root: Path, tmp_pa
         tb = [k for k in keys if "/tb/" in k and "tfevents" in k]
         trials = {re.search(r"/(trial_[^/]+)/tb/", k).group(1) for k in tb}
         assert len(trials) == 2 and any(k.endswith(".hparams") for k in tb)
+        assert all(k.startswith("np/s3x/tune/trial_") for k in tb), tb  # the trial's folder in the one Tuner
         assert not [k for k in keys if re.search(r"/trial_[^/]+/events\.out\.tfevents", k)]
         for t in trials:
             kinds = {k.endswith(".hparams") for k in tb if f"/{t}/tb/" in k}
