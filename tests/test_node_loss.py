@@ -62,7 +62,7 @@ DRIVER = textwrap.dedent(
     def reported():
         # (pid of the trial function, step) of every result Tune logged for the trial, in order
         out = []
-        for f in (storage / "loss" / "demo_1_4").glob("trial_*/result.json"):
+        for f in (storage / "loss" / "tune").glob("trial_*/result.json"):
             for line in f.read_text().splitlines():
                 try:
                     r = json.loads(line)
@@ -92,7 +92,7 @@ DRIVER = textwrap.dedent(
     from npsemiseg.tune.results import HISTORY
     import pandas as pd
     hist = pd.read_parquet(storage / "loss" / HISTORY)
-    trial_dir = next((storage / "loss" / "demo_1_4").glob("trial_*"))
+    trial_dir = next((storage / "loss" / "tune").glob("trial_*"))
     print("RESULT " + json.dumps({
         "killed": {k: v for k, v in killed.items() if k != "t"},
         "failures": (trial_dir / "error.txt").read_text().count("Failure #") if (trial_dir / "error.txt").exists()
