@@ -17,6 +17,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def s3_objects(env: dict[str, str], bucket: str, prefix: str) -> dict[str, int]:
+    """{key: size} of the objects under ``prefix`` (without the empty folder markers pyarrow leaves)."""
+    import boto3
+
+    c = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    out = {}
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", []) if not o["Key"].endswith("/")})
+    return out
+
+
 def s3_env(port: int) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",

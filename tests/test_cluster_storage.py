@@ -23,7 +23,7 @@ import boto3
 import pandas as pd
 import pytest
 from conftest import TINY_OVERRIDES
-from s3_server import s3_server
+from s3_server import s3_objects, s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = """splits: [demo/1_4]
@@ -42,11 +42,7 @@ def _space(tmp_path: Path, demo_root: Path) -> Path:
 
 
 def _objects(env: dict, prefix: str) -> dict[str, int]:
-    c = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-    out = {}
-    for page in c.get_paginator("list_objects_v2").paginate(Bucket="sweeps", Prefix=prefix):
-        out.update({o["Key"]: o["Size"] for o in page.get("Contents", []) if not o["Key"].endswith("/")})
-    return out
+    return s3_objects(env, "sweeps", prefix)
 
 
 def _table(env: dict, key: str, tmp: Path) -> pd.DataFrame:

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import boto3
 import pandas as pd
 import pytest
 from conftest import TINY_OVERRIDES
-from s3_server import s3_server
+from s3_server import s3_objects, s3_server
 
 from npsemiseg.tune.retention import prune_checkpoints
 from npsemiseg.tune.space import load_space
@@ -25,12 +24,7 @@ def s3():
 
 
 def _keys(env: dict, prefix: str) -> dict[str, int]:
-    """Objects under ``prefix`` (without the empty folder markers pyarrow leaves)."""
-    c = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-    out = {}
-    for page in c.get_paginator("list_objects_v2").paginate(Bucket="sweeps", Prefix=prefix):
-        out.update({o["Key"]: o["Size"] for o in page.get("Contents", []) if not o["Key"].endswith("/")})
-    return out
+    return s3_objects(env, "sweeps", prefix)
 
 
 def test_storage_roundtrip_on_s3(s3, tmp_path):
