@@ -63,7 +63,7 @@ def _fake_trial(trial_id: str, step: int, miou: float, ckpt: str) -> SimpleNames
 
 
 def test_table_rewritten_per_trial_mirrored_and_restored_on_an_empty_head(s3, tmp_path, demo_root):
-    from npsemiseg.tune.callbacks import write_trial_row
+    from npsemiseg.tune.callbacks import drain, write_trial_row
     from npsemiseg.tune.results import sweep_context
     from npsemiseg.tune.timing import append_event
 
@@ -81,6 +81,8 @@ def test_table_rewritten_per_trial_mirrored_and_restored_on_an_empty_head(s3, tm
             {"step": 4, "val/miou": 0.3, "checkpoint_path": "sweeps/p/exp/t1/checkpoint_step00000004_x"}]
     write_trial_row(settings, _fake_trial("t1", 4, 0.3, hist[-1]["checkpoint_path"]), hist, None,
                     sweep_context(settings, 1))
+    assert (settings.experiment_dir / "results.parquet").is_file()  # the table at once, on the Tune loop
+    drain()  # plots and uploads in the background writer
     keys = _keys(s3, "p/exp/")
     assert {"p/exp/results.parquet", "p/exp/results.csv", "p/exp/history.parquet", "p/exp/optuna_journal.log",
             "p/exp/trial_events.jsonl"} <= set(keys)
@@ -89,6 +91,7 @@ def test_table_rewritten_per_trial_mirrored_and_restored_on_an_empty_head(s3, tm
     write_trial_row(settings, _fake_trial("t2", 2, 0.1, ""), hist[:1],
                     RuntimeError("ray::run_trial() (pid=7, ip=127.0.0.1)\nnpsemiseg.errors.UserError: boom"),
                     sweep_context(settings, 1))
+    drain()
     st = experiment_storage(settings)
     st.get_file("results.parquet", tmp_path / "r.parquet")
     df = pd.read_parquet(tmp_path / "r.parquet").set_index("trial_id")

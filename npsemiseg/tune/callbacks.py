@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,6 +25,26 @@ def storage_callbacks(settings: Any, split: str | None = None) -> list[Callback]
     reads each trial's split from its config."""
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return [CSVLoggerCallback(), JsonLoggerCallback(), StorageCallback(settings.experiment, split)]
+
+
+# One background writer per driver: plots (~2 s on the demo) and uploads run there, in order, so the Tune loop goes
+# on starting trials; the tables themselves are written on the loop (milliseconds), so no row can be lost.
+_WRITER: ThreadPoolExecutor | None = None
+_PENDING: list[Future] = []
+
+
+def _submit(job: Any) -> None:
+    global _WRITER
+    if _WRITER is None:
+        _WRITER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")
+    _PENDING.append(_WRITER.submit(job))
+
+
+def drain() -> None:
+    """Wait for the background plot/upload jobs (before the sweep writes its final tables and plots); the first
+    job that failed raises here."""
+    while _PENDING:
+        _PENDING.pop(0).result()
 
 
 class StorageCallback(Callback):
@@ -79,6 +100,7 @@ class StorageCallback(Callback):
         self._write(trial, err if err is not None else RuntimeError(f"trial {trial.trial_id} errored"))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        drain()
         self._upload_journal(force=True)
 
     def _write(self, trial: Any, error: BaseException | None) -> None:
@@ -122,5 +144,13 @@ def write_trial_row(settings: Any, trial: Any, history: list[dict[str, Any]], er
         old = old[old["trial_id"] != row["trial_id"]]
     df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
     hist = pd.concat([old, hist], ignore_index=True) if len(old) else hist
-    R.write_results(exp_dir, df, hist, R.metadata(settings, ctx))
-    sync_up(settings)
+    meta = R.metadata(settings, ctx)
+    R.write_results(exp_dir, df, hist, meta, plots=False)
+
+    def plots_and_upload() -> None:
+        from npsemiseg.tune.plots import write_plots
+
+        write_plots(exp_dir, df, hist, meta)
+        sync_up(settings)
+
+    _submit(plots_and_upload)

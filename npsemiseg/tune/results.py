@@ -276,9 +276,10 @@ def write_table(df: pd.DataFrame, path: Path, meta: dict[str, Any] | None = None
         df.to_csv(tmp, index=False)
 
 
-def write_results(exp_dir: Path, df: pd.DataFrame, hist: pd.DataFrame, meta: dict[str, Any]) -> None:
-    """results.parquet/.csv, history.parquet, pareto.* (multi-objective) and the plots: the one place a sweep's
-    tables are written."""
+def write_results(exp_dir: Path, df: pd.DataFrame, hist: pd.DataFrame, meta: dict[str, Any],
+                  plots: bool = True) -> None:
+    """results.parquet/.csv, history.parquet, pareto.* (multi-objective) and the plots (unless ``plots=False``):
+    the one place a sweep's tables are written."""
     from npsemiseg.tune.plots import write_plots
     from npsemiseg.tune.summary import pareto_front
 
@@ -287,7 +288,8 @@ def write_results(exp_dir: Path, df: pd.DataFrame, hist: pd.DataFrame, meta: dic
         write_table(hist, exp_dir / HISTORY, meta)
     if len(meta.get("objectives", [])) > 1 and len(df):
         write_table(pareto_front(df, tuple(meta["objectives"])), exp_dir / PARETO, meta)
-    write_plots(exp_dir, df, hist, meta)
+    if plots:
+        write_plots(exp_dir, df, hist, meta)
 
 
 def read_results(exp_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:

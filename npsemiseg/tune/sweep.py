@@ -300,6 +300,7 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
     import ray
 
     from npsemiseg.tune import results as R
+    from npsemiseg.tune.callbacks import drain
     from npsemiseg.tune.preflight import SplitsFailed, errors_from_grid, failed_split_lines
     from npsemiseg.tune.summary import summary_text
 
@@ -312,6 +313,7 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
     activate(settings)  # the StorageCallback (also one restored from tuner.pkl) finds these settings
     restore_local(settings)  # a new head downloads the journal, events and tables from the storage
     grid = fit(settings)
+    drain()  # the per-trial plot/upload jobs finish before the final tables and plots are written
     df, hist, meta = R.collect(settings, grid, slots=slots(settings, cluster))
     if not settings.keep_checkpoints:  # each trial keeps only the checkpoint its row points to
         from npsemiseg.tune.retention import apply_retention
