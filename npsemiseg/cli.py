@@ -1,6 +1,7 @@
 """`npsemiseg` command line: one argparse tree, composed here from each layer's commands, bottom-up.
 
     data/cli.py         make-demo-data, cityscapes-trainids, make-splits
+    models/cli.py       fetch-weights                               (ImageNet weights for the recipes)
     engine/cli.py       train, evaluate, predict, export            (single process, no Ray)
     distributed/cli.py  train --num-workers N / --ray ...           (Ray Train around the engine's train)
     tune/cli.py         sweep, sweep-summary; export --experiment   (Ray Tune + Optuna)
@@ -17,6 +18,7 @@ from npsemiseg.data import cli as data_cli
 from npsemiseg.distributed import cli as distributed_cli
 from npsemiseg.engine import cli as engine_cli
 from npsemiseg.errors import run_guarded
+from npsemiseg.models import cli as models_cli
 from npsemiseg.tune import cli as tune_cli
 
 
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npsemiseg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_cli.register(sub)
+    models_cli.register(sub)  # fetch-weights
     engine_cli.register(sub)
     distributed_cli.register(sub)  # extends engine's train
     tune_cli.register(sub)

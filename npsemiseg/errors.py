@@ -19,6 +19,14 @@ class ConfigError(UserError):
     """An invalid configuration key or value (the message starts with the dotted key)."""
 
 
+class CommandFailed(Exception):
+    """A command ran but failed in a way it can explain: ``lines`` (one per problem) on stderr, exit ``code``."""
+
+    def __init__(self, lines: list[str], code: int = 1) -> None:
+        super().__init__("\n".join(lines))
+        self.lines, self.code = list(lines), code
+
+
 def _reraised(lines: list[str], text: str) -> bool:
     """Whether ``text`` is another process's traceback wrapped around the real message (on its last line)."""
     torch_worker = lines[0].startswith("Caught ") and "Original Traceback" in text
@@ -44,9 +52,14 @@ def one_line(err: BaseException | str) -> str:
 
 
 def run_guarded(command: Callable[[], int | None], prog: str, interrupted: str = "interrupted") -> int:
-    """Run a command's body: its exit code, or 2 with ``prog: error: <one line>`` for a UserError, 130 on Ctrl-C."""
+    """Run a command's body: its exit code, or 2 with ``prog: error: <one line>`` for a UserError, 130 on Ctrl-C,
+    ``CommandFailed.code`` with ``prog: error: <line>`` per line."""
     try:
         return int(command() or 0)
+    except CommandFailed as e:
+        for line in e.lines:
+            print(f"{prog}: error: {line}", file=sys.stderr)
+        return e.code
     except UserError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -11,13 +11,14 @@ VERBS = {
     "make-demo-data": ["--out", "--scale", "--seed", "--force"],
     "cityscapes-trainids": ["root"],
     "make-splits": ["--dataset", "--root", "--split", "--seed", "--out"],
+    "fetch-weights": ["--out", "--from", "--backbone"],  # [models]
     "train": ["--config", "--use-gpu", "--no-resume",
               "--num-workers", "--ray", "--storage-path", "--max-failures"],  # [distributed]
     "evaluate": ["--checkpoint", "--data-root", "--samples", "--json"],
     "predict": ["--checkpoint", "--out", "--samples"],
     "export": ["--checkpoint", "--out", "--experiment", "--split"],  # [tune]: --experiment, --split
     "sweep": ["--dataset", "--space", "--data-root", "--splits", "--trials", "--max-concurrent", "--smoke-test",
-              "--dry-run", "--storage-path", "--objectives"],
+              "--dry-run", "--storage-path", "--objectives", "--max-failures", "--keep-checkpoints"],
     "sweep-summary": ["experiment"],
 }
 

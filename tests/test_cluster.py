@@ -73,7 +73,7 @@ def test_validator_is_not_a_rubber_stamp():
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(bad))
     bad = _load("gpu.yaml")
-    bad["provider"]["security_group"]["Ports"] = [8265]  # unknown key in the security group object
+    bad["provider"]["security_group"] = {"GroupName": "x", "Ports": [8265]}  # unknown key in the group object
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(bad))
 
@@ -167,23 +167,106 @@ def _public_port_ranges(rules: list[dict]) -> list[tuple[int, int, str]]:
     return out
 
 
-def test_only_ssh_is_public():
+AWS = CLUSTER / "aws"
+
+
+def _walk_strings(obj) -> list[str]:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _walk_strings(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _walk_strings(v)]
+    return [obj] if isinstance(obj, str) else []
+
+
+def _group_rules(cidr: str) -> list[dict]:
+    text = (AWS / "security_group_rules.json").read_text()
+    return json.loads(text.replace("YOUR_SSH_CIDR", cidr).replace("THIS_GROUP_ID", "sg-cluster"))
+
+
+def test_every_node_uses_the_users_ssh_only_group():
+    """Ray's own group would get SSH from 0.0.0.0/0 (its default rule, built by its own code below); every node
+    type must name the group made from the user's CIDR instead, and nothing in the file opens to the world."""
     cfg = _load("gpu.yaml")
     for name, t in cfg["available_node_types"].items():
-        # our named group (with only Ray's defaults + our rules) must be the one used, not a pre-made one
-        assert "SecurityGroupIds" not in t["node_config"], name
-    rules = _rules_ray_would_authorise(cfg)
-    public = _public_port_ranges(rules)
-    assert public == [(22, 22, "tcp")], public
-    for lo, hi, _ in public:
-        for what, port in RAY_PORTS.items():
-            assert not lo <= port <= hi, f"{what} port {port} is public"
-    # Ray's rule list is not trivially empty: the intra-cluster rule is there (cluster ports stay internal)
-    assert any(r.get("UserIdGroupPairs") for r in rules)
+        assert t["node_config"].get("SecurityGroupIds") == ["sg-REPLACE-ME"], name
+    assert "security_group" not in cfg["provider"]
+    assert not [v for v in _walk_strings(cfg) if "0.0.0.0/0" in v or "::/0" in v]
+    assert _public_port_ranges(_rules_ray_would_authorise({"provider": {}})) == [(22, 22, "tcp")]  # why
+
+
+def test_group_rules_open_nothing_to_the_internet():
+    rules = _group_rules("203.0.113.7/32")
+    assert _public_port_ranges(rules) == []
+    ssh = [r for r in rules if r.get("IpRanges")]
+    assert ssh == [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [
+        {"CidrIp": "203.0.113.7/32", "Description": ssh[0]["IpRanges"][0]["Description"]}]}]
+    assert [r["UserIdGroupPairs"] for r in rules if r.get("UserIdGroupPairs")] == [
+        [{"GroupId": "sg-cluster", "Description": "cluster-internal"}]]
+    # the detector would see the world-open variant
+    assert _public_port_ranges(_group_rules("0.0.0.0/0")) == [(22, 22, "tcp")]
+
+
+@pytest.mark.parametrize("cidr", ["", "0.0.0.0/0", "10.0.0.0/4", "not-a-cidr"])
+def test_group_script_refuses_a_missing_or_world_cidr(cidr: str):
+    out = subprocess.run(["bash", str(AWS / "ssh_security_group.sh"), cidr], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=30)  # no aws CLI on PATH: it must stop before
+    assert out.returncode == 2 and out.stderr.strip(), out
+
+
+def test_workers_get_a_role_limited_to_the_sweep_bucket():
+    cfg = _load("gpu.yaml")
+    for name, w in _workers(cfg).items():
+        assert w["node_config"]["IamInstanceProfile"] == {"Name": "npsemiseg-worker"}, name
+    policy = json.loads((AWS / "worker_policy.json").read_text())
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow"
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        assert all(a.startswith("s3:") and "*" not in a for a in actions), actions
+        res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        assert all(r in ("arn:aws:s3:::YOUR-BUCKET", "arn:aws:s3:::YOUR-BUCKET/*") for r in res), res
+    script = (AWS / "worker_role.sh").read_text()
+    assert "worker_policy.json" in script and "iam:PassRole" in script and "npsemiseg-worker" in script
+
+
+def test_weights_are_on_every_node_before_a_trial():
+    """setup_commands run on every node before Ray starts there: after the package is installed they fetch the
+    weights from the sweep's bucket into torch's hub cache, where the trials and the preflight look."""
+    prepared = prepare_config(_load("gpu.yaml"))
+    cmds = prepared["setup_commands"]
+    pip = next(i for i, c in enumerate(cmds) if "pip install" in c)
+    fetch = [i for i, c in enumerate(cmds) if "npsemiseg fetch-weights" in c]
+    assert fetch and fetch[0] > pip
+    args = cmds[fetch[0]].split()
+    src, out = args[args.index("--from") + 1], args[args.index("--out") + 1]
+    assert src.startswith("s3://YOUR-BUCKET/") and out == "/home/ray/.cache/torch/hub/checkpoints"
+    # that folder is the one the package searches on a node (torch's default hub dir under the container's HOME)
+    with mock.patch.dict(os.environ, {"HOME": "/home/ray"}, clear=False):
+        os.environ.pop("TORCH_HOME", None)
+        os.environ.pop("XDG_CACHE_HOME", None)
+        os.environ.pop("NPSEMISEG_WEIGHTS_DIR", None)
+        import torch
+
+        from npsemiseg.models.weights import weight_dirs
+
+        with mock.patch.object(torch.hub, "_hub_dir", None):
+            assert str(weight_dirs()[-1]) == out
+    for kind in ("head_setup_commands", "worker_setup_commands"):  # head too: the preflight looks there
+        assert any("npsemiseg fetch-weights" in c for c in prepared[kind]), kind
+
+
+def test_prebuilt_image_matches_the_cluster():
+    lines = [ln.strip() for ln in (CLUSTER / "Dockerfile").read_text().splitlines() if ln.strip()]
+    base = next(ln.split()[1] for ln in lines if ln.startswith("FROM "))
+    assert base == _load("gpu.yaml")["docker"]["image"]
+    body = " ".join(ln for ln in lines if not ln.startswith("#"))
+    assert "pip install" in body and "npsemiseg fetch-weights --out /home/ray/.cache/torch/hub/checkpoints" in body
+    ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
+    assert ".git" in ignore and ".venv" in ignore
 
 
 def test_public_rule_detector_catches_an_open_dashboard():
     cfg = _load("gpu.yaml")
+    cfg["provider"]["security_group"] = {"GroupName": "x"}
     cfg["provider"]["security_group"]["IpPermissions"] = [
         {"FromPort": 8000, "ToPort": 9000, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
         {"IpProtocol": "-1", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},

@@ -22,6 +22,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from npsemiseg.config import Config, apply_overrides, config_from_dict
 from npsemiseg.distributed.context import RayContext, choose_backend, fail_at_step_from_env
+from npsemiseg.distributed.tbsync import tensorboard_mirror
 from npsemiseg.errors import UserError, one_line
 
 SCORE_ATTRIBUTE = "val/miou"
@@ -38,7 +39,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # [2] The only Ray object the loop sees: a RunContext for this rank (DDP, bank all-gather, ray.train.report of
     #     metrics + checkpoints, resume from ray.train.get_checkpoint). The rest is the single-process loop.
     ctx = RayContext(cfg, fail_at_step=int(config.get("fail_at_step", -1)))
-    return dict(fit(cfg, ctx) or {})
+    with tensorboard_mirror(config.get("tensorboard_uri"), cfg.out_dir, ctx.rank):  # rank 0's events -> storage
+        return dict(fit(cfg, ctx) or {})
 
 
 LOCAL_PATH_KEYS = ("out_dir", "data.root", "data.split_dir", "data.labelled_list", "data.unlabelled_list",
@@ -80,12 +82,15 @@ def build_trainer(
     resources_per_worker: dict[str, float] | None = None,
     num_to_keep: int | None = 2,
     train_fn: Callable[[dict[str, Any]], Any] = train_loop_per_worker,
+    tensorboard_uri: str | None = None,
 ) -> TorchTrainer:
     """A ``TorchTrainer`` that runs ``train_fn`` (default: the NP-SemiSeg loop) on ``num_workers`` ranks.
 
     Backend nccl with GPUs, gloo without. Checkpoints go to ``storage_path/name`` (a local dir, an NFS mount or
     an object-store URI); at most ``num_to_keep`` are kept, the best by ``val/miou`` plus always the latest.
-    ``max_failures`` restarts the worker group from the latest checkpoint after a worker error (-1 = forever).
+    ``max_failures`` restarts the worker group from the latest checkpoint after a worker error or a node
+    preemption (one budget for both: Train V2 otherwise retries preemptions forever; -1 = forever).
+    ``tensorboard_uri``: rank 0 mirrors ``<out_dir>/tb`` there (a trial's storage folder on a cluster).
     Rerunning with the same ``storage_path`` and ``name`` resumes that run from its latest checkpoint.
     ``NPSEMISEG_FAIL_AT_STEP`` (tests only) is read here and handed to the workers with the config.
     """
@@ -100,13 +105,16 @@ def build_trainer(
     fail_at_step = fail_at_step_from_env()
     if fail_at_step >= 0:
         loop_config["fail_at_step"] = fail_at_step
+    if tensorboard_uri:
+        loop_config["tensorboard_uri"] = tensorboard_uri
     # [3] How many ranks, on GPUs or not, with what resources each.
     scaling = ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker)
     run = RunConfig(
         name=name,
         storage_path=_storage(storage_path),  # [4] run + checkpoints in storage_path/name: a rerun resumes there
         callbacks=list(callbacks),
-        failure_config=FailureConfig(max_failures=max_failures),  # [5] restart the worker group on a failure
+        failure_config=FailureConfig(  # [5] restart the worker group on a failure or a node preemption
+            max_failures=max_failures, max_preemption_failures=max_failures),  # one budget (V2: else forever)
         checkpoint_config=CheckpointConfig(  # [6] retention: the best num_to_keep by val/miou, plus the latest
             num_to_keep=num_to_keep, checkpoint_score_attribute=SCORE_ATTRIBUTE, checkpoint_score_order="max"
         ),

@@ -7,7 +7,6 @@ the last stem norm, matching the "v1c"-style checkpoints that layout circulates 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -138,25 +137,11 @@ class ResNet(nn.Module):
 
 
 def torchvision_cache_file(depth: str) -> Path | None:
-    """The first torchvision ImageNet weight file for ``depth`` already in torch's hub cache (never downloads)."""
-    import torchvision.models as tvm
+    """The torchvision ImageNet weight file for ``depth`` in ``$NPSEMISEG_WEIGHTS_DIR`` or torch's hub cache
+    (never downloads; see ``npsemiseg.models.weights``)."""
+    from npsemiseg.models.weights import find_weights
 
-    enum = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights,
-            "resnet50": tvm.ResNet50_Weights, "resnet101": tvm.ResNet101_Weights}[depth]
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    for w in enum:
-        f = cache / os.path.basename(w.url)
-        if f.is_file():
-            return f
-    return None
-
-
-def _expected_cache_path(depth: str) -> Path:
-    import torchvision.models as tvm
-
-    enum = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights,
-            "resnet50": tvm.ResNet50_Weights, "resnet101": tvm.ResNet101_Weights}[depth]
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.IMAGENET1K_V1.url)
+    return find_weights(depth)
 
 
 def load_pretrained(net: ResNet, source: str, depth: str) -> Path:
@@ -170,11 +155,9 @@ def load_pretrained(net: ResNet, source: str, depth: str) -> Path:
             raise UserError("model.pretrained=torchvision: torchvision's ImageNet weights need model.width=64 and "
                             f"model.deep_stem=false (got width {net.width}, deep_stem "
                             f"{isinstance(net.conv1, nn.Sequential)}); give a local .pth for other layouts")
-        path = torchvision_cache_file(depth)
-        if path is None:
-            raise UserError(f"model.pretrained=torchvision: {_expected_cache_path(depth)} not found "
-                            "(only torchvision's cache is read, nothing is downloaded); put the file there "
-                            "or set model.pretrained to a local .pth path")
+        from npsemiseg.models.weights import require_weights
+
+        path = require_weights(depth)
     else:
         path = Path(source)
         if not path.is_file():

@@ -7,6 +7,7 @@ the cluster Ray finds (``RAY_ADDRESS`` / ``--address``, or a head node started o
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from npsemiseg.tune.resources import DEFAULT_GPU_TRIAL_RESOURCES
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = ("voc", "cityscapes")
+CLUSTER_MAX_FAILURES = 3  # trial restarts (each from its last checkpoint) when its node is lost, on a cluster
 
 
 def _default_space(dataset: str, demo: bool) -> Path:
@@ -63,10 +65,26 @@ def add_sweep_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
     g.add_argument("--experiment", help="experiment name (default <dataset>_demo / _smoke / _search); rerun the "
                                         "same command to resume it")
     g.add_argument("--num-to-keep", type=int, default=2, help="checkpoints kept per trial")
-    g.add_argument("--max-failures", type=int, default=0, help="restarts of a failed trial's workers")
+    g.add_argument("--max-failures", type=int,
+                   help=f"restarts of a failed trial (node lost, spot reclaim), each from its last checkpoint; "
+                        f"default {CLUSTER_MAX_FAILURES} on a cluster (--address/RAY_ADDRESS, --use-gpu or a URI "
+                        "--storage-path), 0 for a local demo")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every retained checkpoint of every trial after the sweep (default: only the one "
+                        "each results row points to)")
     g.add_argument("--no-export", action="store_true", help="skip exporting the best checkpoint per split")
     g.add_argument("--dry-run", action="store_true", help="print the plan and exit (no Ray, no training)")
     g.add_argument("--verbose", action="store_true", help="stream the Train workers' logs to the terminal")
+
+
+def default_max_failures(args: argparse.Namespace) -> int:
+    """--max-failures, or CLUSTER_MAX_FAILURES when the sweep runs on a cluster (nodes can disappear), else 0."""
+    if args.max_failures is not None:
+        if args.max_failures < -1:
+            raise UserError(f"--max-failures: must be >= -1 (-1 = forever), got {args.max_failures}")
+        return args.max_failures
+    cluster = bool(args.address or os.environ.get("RAY_ADDRESS") or args.use_gpu or "://" in args.storage_path)
+    return CLUSTER_MAX_FAILURES if cluster else 0
 
 
 def _csv(s: str | None) -> list[str]:
@@ -140,12 +158,16 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
         n_startup_trials=args.n_startup_trials if args.n_startup_trials is not None else budget["n_startup_trials"],
         seed=args.seed, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         time_attr=args.time_attr, objectives=tuple(_csv(args.objectives)), resources=resources,
-        num_to_keep=args.num_to_keep, max_failures=args.max_failures,
+        num_to_keep=args.num_to_keep, max_failures=default_max_failures(args),
+        keep_checkpoints=args.keep_checkpoints,
     )
 
 
 def run_from_args(args: argparse.Namespace, dataset: str) -> int:
-    """Plan, connect to Ray, sweep every split, write results and exports."""
+    """Plan, check on the driver, connect to Ray, sweep every split, write results and exports.
+
+    A problem the driver can see (data, split, weights, recipe) stops here with a UserError, before Ray starts; a
+    split whose every trial errored raises ``SplitsFailed`` (one line per split, exit 1) after the results."""
     from npsemiseg.tune.sweep import plan_lines, run_sweep
 
     t0 = time.time()
@@ -156,7 +178,10 @@ def run_from_args(args: argparse.Namespace, dataset: str) -> int:
         for line in plan_lines(settings):
             print(f"[plan] {line}")
         return 0
+    from npsemiseg.tune.preflight import preflight
     from npsemiseg.tune.session import connect
+
+    preflight(settings)  # what every trial would check first, once, on the driver
 
     num_cpus = args.num_cpus or budget_of(args)["num_cpus"]
     url = connect(address=args.address, use_gpu=settings.resources.use_gpu, num_cpus=num_cpus,

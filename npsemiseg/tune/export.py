@@ -45,6 +45,7 @@ def _download(uri: str, dest: Path) -> Path:
 
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
+        dest.mkdir(parents=True, exist_ok=True)  # cluster: copy_files does not create the local folder
         pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     except (OSError, ValueError) as e:
         raise UserError(f"{uri}: cannot download the checkpoint ({one_line(e)})") from None

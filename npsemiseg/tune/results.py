@@ -133,6 +133,20 @@ def clean_history(hist: pd.DataFrame, exp_dir: Path, scheme: str = "") -> pd.Dat
     return h
 
 
+def drop_checkpoints(hist: pd.DataFrame, removed: list[str]) -> pd.DataFrame:
+    """``hist`` with null checkpoint paths where retention deleted the checkpoint (``removed``: "<trial>/<name>")."""
+    if hist.empty or "checkpoint_path" not in hist or not removed:
+        return hist
+    gone = set(removed)
+
+    def keep(p: Any) -> Any:
+        return None if isinstance(p, str) and "/".join(p.rstrip("/").split("/")[-2:]) in gone else p
+
+    hist = hist.copy()
+    hist["checkpoint_path"] = pd.Series([keep(p) for p in hist["checkpoint_path"]], index=hist.index, dtype=object)
+    return hist
+
+
 def trial_row(settings: Any, result: Any, ctx: dict[str, Any]) -> tuple[dict, pd.DataFrame]:
     """One results row and the trial's history frame from a Tune ``Result``; ``ctx`` holds the sweep-wide facts
     (optuna trials, trial times, checksums, version)."""
@@ -199,19 +213,24 @@ def trial_row(settings: Any, result: Any, ctx: dict[str, Any]) -> tuple[dict, pd
     return row, hist
 
 
-def sweep_context(settings: Any, slots: int) -> dict[str, Any]:
-    """The facts every row needs, gathered once per sweep."""
+STATIC_CONTEXT = ("checksums", "version", "commit")  # the parts of sweep_context that a sweep never changes
+
+
+def sweep_context(settings: Any, slots: int, static: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The facts every row needs, gathered once per table write (``static``: ``STATIC_CONTEXT`` from an earlier
+    call, not recomputed)."""
     import npsemiseg
     from npsemiseg.tune.timing import read_events, trial_times, utilisation
 
+    if static is None:
+        static = {"checksums": split_checksums(settings.base, settings.splits), "version": npsemiseg.__version__,
+                  "commit": git_commit()}
     events = read_events(settings.events_path)
     return {
         "optuna": study_trials(settings.journal_path, settings.experiment, settings.splits),
         "times": trial_times(events),
         "utilisation": utilisation(events, slots),
-        "checksums": split_checksums(settings.base, settings.splits),
-        "version": npsemiseg.__version__,
-        "commit": git_commit(),
+        **static,
     }
 
 
@@ -257,9 +276,10 @@ def write_table(df: pd.DataFrame, path: Path, meta: dict[str, Any] | None = None
         df.to_csv(tmp, index=False)
 
 
-def write_results(exp_dir: Path, df: pd.DataFrame, hist: pd.DataFrame, meta: dict[str, Any]) -> None:
-    """results.parquet/.csv, history.parquet, pareto.* (multi-objective) and the plots: the one place a sweep's
-    tables are written."""
+def write_results(exp_dir: Path, df: pd.DataFrame, hist: pd.DataFrame, meta: dict[str, Any],
+                  plots: bool = True) -> None:
+    """results.parquet/.csv, history.parquet, pareto.* (multi-objective) and the plots (unless ``plots=False``):
+    the one place a sweep's tables are written."""
     from npsemiseg.tune.plots import write_plots
     from npsemiseg.tune.summary import pareto_front
 
@@ -268,7 +288,8 @@ def write_results(exp_dir: Path, df: pd.DataFrame, hist: pd.DataFrame, meta: dic
         write_table(hist, exp_dir / HISTORY, meta)
     if len(meta.get("objectives", [])) > 1 and len(df):
         write_table(pareto_front(df, tuple(meta["objectives"])), exp_dir / PARETO, meta)
-    write_plots(exp_dir, df, hist, meta)
+    if plots:
+        write_plots(exp_dir, df, hist, meta)
 
 
 def read_results(exp_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:

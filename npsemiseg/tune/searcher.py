@@ -9,7 +9,10 @@ under ``data.split``. What Optuna is told (docs/sweeps.md "What Optuna sees"):
 - the end of a trial that reached the full budget: COMPLETE with its last values;
 - the end of a trial stopped earlier (ASHA, or the sweep's rung rule): its last value is reported at its last
   step first, then PRUNED (Optuna takes a pruned trial's value from its last intermediate value);
-- an error: FAIL.
+- an error: FAIL. A FAIL trial cannot be told again, so when a rerun resumes the errored Tune trial from its
+  checkpoint (``Tuner.restore(resume_errored=True)``), the resumed run goes to a new Optuna trial of the same study
+  with the same parameters, the failed attempt's intermediate values and ``resumed_from`` = the FAIL trial's number;
+  it ends as any other trial (COMPLETE, PRUNED, or FAIL again).
 
 User attributes join the study to ``results.parquet``: ``ray_trial_id``, ``split``, ``steps``, ``budget``,
 ``checkpoint`` (relative to the experiment folder), ``train_time_s``.
@@ -148,22 +151,55 @@ class SplitSearcher(Searcher):
             trial.set_user_attr("train_time_s", round(float(result[TRAIN_TIME]), 3))
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        found = self._trial(trial_id)
-        if found is not None and self._running(found[0], trial_id):
+        found = self._open_trial(trial_id)
+        if found is not None:
             self._record(trial_id, found[1], result)
 
-    def _running(self, split: str, trial_id: str) -> bool:
+    def _state(self, trial_id: str) -> Any:
+        split, number = self.assigned[trial_id]
+        return self.study(split).get_trials(deepcopy=False)[number].state
+
+    def _open_trial(self, trial_id: str, resume: bool = True) -> tuple[str, Any] | None:
+        """The RUNNING Optuna trial of a Tune trial; a FAIL one is replaced by its resumed trial (``resume``);
+        None when the trial is unknown or already ended."""
         import optuna
 
-        number = self.assigned[trial_id][1]
-        return self.study(split).get_trials(deepcopy=False)[number].state == optuna.trial.TrialState.RUNNING
+        if trial_id not in self.assigned:
+            return None
+        state = self._state(trial_id)
+        if state == optuna.trial.TrialState.RUNNING:
+            return self._trial(trial_id)
+        if state == optuna.trial.TrialState.FAIL and resume:
+            return self._resume(trial_id)
+        return None
+
+    def _resume(self, trial_id: str) -> tuple[str, Any]:
+        """A new RUNNING trial for an errored Tune trial that Tune resumed: same parameters, the failed attempt's
+        intermediate values and user attrs, ``resumed_from`` = the FAIL trial's number. A resumed trial left
+        RUNNING by a driver that died before saving the searcher's state is picked up again, not duplicated."""
+        import optuna
+
+        split, number = self.assigned[trial_id]
+        study = self.study(split)
+        old = study.get_trials(deepcopy=False)[number]
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get("ray_trial_id") == trial_id and t.user_attrs.get("resumed_from") == number:
+                self.assigned[trial_id] = (split, t.number)
+                return split, optuna.trial.Trial(study, t._trial_id)
+        study.enqueue_trial(old.params, user_attrs={**old.user_attrs, "resumed_from": number})
+        trial = study.ask(fixed_distributions=self.distributions)  # pops the enqueued trial: same parameters
+        for step, value in sorted(old.intermediate_values.items()):
+            trial.report(value, step)
+        self.assigned[trial_id] = (split, trial.number)
+        return split, trial
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         import optuna
 
-        found = self._trial(trial_id)
-        if found is None or not self._running(found[0], trial_id):
-            return  # already told (a restored sweep can complete a trial twice)
+        # already told: a restored sweep can complete a trial twice; an errored trial that errors again stays FAIL
+        found = self._open_trial(trial_id, resume=not error)
+        if found is None:
+            return
         split, trial = found
         result = result or {}
         self._record(trial_id, trial, result)

@@ -11,15 +11,21 @@ Layout of an experiment (``<storage_root>/<experiment>/``)::
     optuna_journal.log     Optuna studies "<experiment>/<split>" (optuna-dashboard opens this file)
     trial_events.jsonl     trial start/end times (slot utilisation, queue/placement time)
     tune/                  the sweep's Tune experiment (restorable with Tuner.restore)
+    tune/trial_<id>/tb/    each trial's TensorBoard run (scalars by step + HParams)
     <trial_id>/            each trial's Ray Train run "<experiment>/<trial_id>" with its checkpoints
     results.parquet/.csv   one row per trial (npsemiseg.tune.results), history.parquet, pareto.*
     plots/, exports/<split>/
 
-With a remote ``storage_root`` (``s3://...``, ``gs://...``) the Tune experiment and Train runs live there (so trials
-survive node loss) while the journal, events, tables, plots and exports stay in the local ``<local_dir>/<experiment>/``.
+The tables are rewritten as each trial ends (``callbacks.StorageCallback``), so partial results can be read
+mid-sweep. With a remote ``storage_root`` (``s3://...``, ``gs://...``) the Tune experiment and Train runs live
+there (so trials survive node loss); the driver keeps the journal, events, tables, plots and exports in the local
+``<local_dir>/<experiment>/`` and mirrors them to the storage as trials end (``npsemiseg.tune.storage``), so a
+new head with an empty disk restores the sweep from the storage alone. After the sweep each trial keeps only the
+checkpoint its row points to (``retention``; ``--keep-checkpoints`` keeps all).
 
-Rerunning the same command resumes: the Tune experiment is restored (finished trials are not rerun, unfinished ones
-restart and their Train runs continue from their last checkpoints) and the studies continue in the journal.
+Rerunning the same command resumes: the Tune experiment is restored (finished trials are not rerun, unfinished and
+errored ones restart and their Train runs continue from their last checkpoints) and the studies continue in the
+journal (a resumed errored trial's outcome is added as a new Optuna trial with the same parameters).
 """
 from __future__ import annotations
 
@@ -41,8 +47,9 @@ from npsemiseg.tune.common import (
     TUNE_DIR,
     trial_dirname,
 )
-from npsemiseg.tune.resources import TRIAL_DRIVER_CPU, TrialResources
+from npsemiseg.tune.resources import TrialResources
 from npsemiseg.tune.space import SearchSpace
+from npsemiseg.tune.storage import activate, restore_local, sync_up
 from npsemiseg.tune.trial import TrialSpec, run_trial
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -69,7 +76,8 @@ class SweepSettings:
     objectives: tuple[str, ...] = ("miou",)
     resources: TrialResources = field(default_factory=TrialResources)
     num_to_keep: int = 2
-    max_failures: int = 0
+    max_failures: int = 0  # Tune-level restarts of a trial (each from its last checkpoint); Train's own are 0
+    keep_checkpoints: bool = False  # skip retention (keep every trial's --num-to-keep checkpoints)
     checkpoint_period_s: float = 2.0  # TUNE_GLOBAL_CHECKPOINT_S: how stale the restorable experiment state may be
     trainer_factory: Any = None  # test seam for TrialSpec.trainer_factory
     verbose: int = 1
@@ -187,7 +195,7 @@ def trial_spec(settings: SweepSettings) -> TrialSpec:
     """What every trial shares (Train runs go to ``<storage>/<experiment>/<trial_id>``)."""
     return TrialSpec(
         base=settings.base.to_dict(), experiment=settings.experiment, storage_root=settings.storage_uri,
-        resources=settings.resources, num_to_keep=settings.num_to_keep, max_failures=settings.max_failures,
+        resources=settings.resources, num_to_keep=settings.num_to_keep,
         trainer_factory=settings.trainer_factory,
     )
 
@@ -195,21 +203,25 @@ def trial_spec(settings: SweepSettings) -> TrialSpec:
 def make_trainable(settings: SweepSettings) -> Any:
     from ray import tune  # [1] the trial function, with its spec attached and a sliver of CPU for itself
 
-    return tune.with_resources(tune.with_parameters(run_trial, spec=trial_spec(settings)), {"CPU": TRIAL_DRIVER_CPU})
+    from npsemiseg.tune.placement import trial_driver_resources  # on the head: a lost GPU node never takes it
+
+    return tune.with_resources(tune.with_parameters(run_trial, spec=trial_spec(settings)), trial_driver_resources())
 
 
 def make_tuner(settings: SweepSettings, trainable: Any) -> Any:
     """A new ``Tuner`` or, when the experiment exists, the restored one (returns (tuner, restored))."""
     from ray import tune
 
+    from npsemiseg.tune.callbacks import storage_callbacks
     from npsemiseg.tune.timing import TrialEvents
 
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(settings.checkpoint_period_s)
     if tune.Tuner.can_restore(settings.tune_path):
         print(f"[sweep] resuming {settings.tune_path}", flush=True)
-        # [2] restore: finished trials keep their results, unfinished ones restart from their Train checkpoints
+        # [2] restore: finished trials keep their results, unfinished and errored ones restart from their Train
+        #     checkpoints (the searcher adds a resumed errored trial's outcome to its study as a new trial)
         return tune.Tuner.restore(settings.tune_path, trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False), True
+                                  resume_errored=True), True
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(  # [3] one searcher + one scheduler for every split; one slot pool
@@ -220,7 +232,8 @@ def make_tuner(settings: SweepSettings, trainable: Any) -> Any:
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=f"{settings.storage_uri}/{settings.experiment}", verbose=settings.verbose,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            callbacks=[TrialEvents(str(settings.events_path))],
+            # events first (the rows read them), then Ray's CSV/JSON loggers and the per-trial table + storage mirror
+            callbacks=[TrialEvents(str(settings.events_path)), *storage_callbacks(settings)],
         ),
     ), False
 
@@ -281,10 +294,14 @@ def plan_lines(settings: SweepSettings, cluster: dict[str, float] | None = None)
 
 
 def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
-    """Run the sweep, then write results, plots and exports; returns the results as a pandas DataFrame."""
+    """Run the sweep, then write results, plots and exports; returns the results as a pandas DataFrame.
+
+    Raises ``SplitsFailed`` (after writing everything) when every trial of a split errored."""
     import ray
 
     from npsemiseg.tune import results as R
+    from npsemiseg.tune.callbacks import drain
+    from npsemiseg.tune.preflight import SplitsFailed, errors_from_grid, failed_split_lines
     from npsemiseg.tune.summary import summary_text
 
     if not ray.is_initialized():
@@ -293,13 +310,27 @@ def run_sweep(settings: SweepSettings, export: bool = True) -> Any:
     for line in plan_lines(settings, cluster):
         print(f"[plan] {line}", flush=True)
     t0 = time.time()
+    activate(settings)  # the StorageCallback (also one restored from tuner.pkl) finds these settings
+    restore_local(settings)  # a new head downloads the journal, events and tables from the storage
     grid = fit(settings)
+    drain()  # the per-trial plot/upload jobs finish before the final tables and plots are written
     df, hist, meta = R.collect(settings, grid, slots=slots(settings, cluster))
+    if not settings.keep_checkpoints:  # each trial keeps only the checkpoint its row points to
+        from npsemiseg.tune.retention import apply_retention
+
+        kept = apply_retention(settings, df)
+        hist = R.drop_checkpoints(hist, kept.paths)  # no history row names a deleted checkpoint
+        meta["retention"] = {"removed": kept.removed, "freed_bytes": kept.freed_bytes,
+                             "kept": kept.kept, "kept_bytes": kept.kept_bytes}
     R.write_results(settings.experiment_dir, df, hist, meta)
     print(summary_text(df, meta), flush=True)
     if export:
         from npsemiseg.tune.export import export_experiment
 
         export_experiment(settings.experiment_dir)
+    sync_up(settings, exports=True)  # final journal, events, tables, plots and exports -> storage
+    failed = failed_split_lines(errors_from_grid(grid))
+    if failed:
+        raise SplitsFailed(failed)
     print(f"[sweep] done in {time.time() - t0:.0f} s; results in {settings.experiment_dir}", flush=True)
     return df

@@ -28,7 +28,6 @@ class TrialSpec:
     storage_root: str  # Train runs land in <storage_root>/<experiment>/<trial_id>
     resources: TrialResources = field(default_factory=TrialResources)
     num_to_keep: int = 2
-    max_failures: int = 0
     # Test seam: a callable with build_trainer's signature; None = npsemiseg.distributed.trainer.build_trainer.
     trainer_factory: Callable[..., Any] | None = None
 
@@ -56,12 +55,15 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     cfg = trial_config(spec, config, trial_id, ctx.get_trial_dir())
+    from npsemiseg.tune.tensorboard import trial_tensorboard
     from npsemiseg.tune.worker import timed_train_loop
 
     factory = spec.trainer_factory
     if factory is None:
         from npsemiseg.distributed.trainer import build_trainer as factory
     res = spec.resources
+    # HParams (split + sampled values) in the trial's tb/ folder; with URI storage rank 0 mirrors its events there
+    tb_kw = trial_tensorboard(spec.storage_root, spec.experiment, config, ctx.get_trial_dir())
     trainer = factory(
         cfg,
         num_workers=res.workers,
@@ -69,9 +71,10 @@ def run_trial(config: dict[str, Any], spec: TrialSpec) -> None:
         storage_path=spec.storage_root,
         name=train_run_name(spec.experiment, trial_id),  # [3] stable name: a restored trial finds its checkpoints
         callbacks=[TuneReportCallback()],
-        max_failures=spec.max_failures,
+        max_failures=0,  # retries are counted once, by the Tuner's FailureConfig (--max-failures), never compounded
         resources_per_worker=res.per_worker(),
         num_to_keep=spec.num_to_keep,
         train_fn=timed_train_loop,
+        **tb_kw,
     )
     trainer.fit()  # [4] blocks until the Train run ends; Tune stops this function when its scheduler says STOP

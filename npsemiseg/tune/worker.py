@@ -11,6 +11,7 @@ from typing import Any
 
 from npsemiseg.config import config_from_dict
 from npsemiseg.distributed.context import RayContext
+from npsemiseg.distributed.tbsync import tensorboard_mirror
 from npsemiseg.tune.common import TRAIN_TIME
 
 CKPT_TRAIN_TIME = "train_time_s"  # checkpoint entry holding TRAIN_TIME at the moment it was saved
@@ -45,4 +46,6 @@ def timed_train_loop(config: dict[str, Any]) -> dict[str, Any]:
     from npsemiseg.engine.loop import fit
 
     cfg = config_from_dict(config["cfg"])
-    return dict(fit(cfg, TimedContext(cfg, fail_at_step=int(config.get("fail_at_step", -1)))) or {})
+    ctx = TimedContext(cfg, fail_at_step=int(config.get("fail_at_step", -1)))
+    with tensorboard_mirror(config.get("tensorboard_uri"), cfg.out_dir, ctx.rank):  # rank 0's events -> storage
+        return dict(fit(cfg, ctx) or {})
