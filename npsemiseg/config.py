@@ -27,7 +27,7 @@ MC_SCOPES = ("head", "full")
 TEST_LATENTS = ("posterior", "prior")
 VAL_MODES = ("original", "center_crop", "sliding_window")
 # Keys earlier versions wrote into checkpoints and exports; skipped when read back so those still load.
-RETIRED_KEYS = frozenset({"train.fail_at_step"})  # now the NPSEMISEG_FAIL_AT_STEP environment variable
+RETIRED_KEYS = {"train.fail_at_step": "fault injection is the NPSEMISEG_FAIL_AT_STEP environment variable"}
 THRESHOLD_MODES = ("fixed", "class_adaptive")
 
 
@@ -287,6 +287,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
     )
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
     for key, value in items:
+        if key in RETIRED_KEYS:  # only old checkpoints may carry them; a user setting one gets told where it went
+            raise ConfigError(f"{key}: no longer a config key ({RETIRED_KEYS[key]})")
         nested: dict[str, Any] = {}
         cur = nested
         parts = key.split(".")

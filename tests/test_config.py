@@ -71,3 +71,13 @@ def test_parse_override_and_dict() -> None:
     assert cfg.model.head == "plain" and cfg.seed == 3
     assert cfg.num_classes() == 21
     assert config_from_dict({"data": {"dataset": "cityscapes"}}).num_classes() == 19
+
+
+def test_retired_key_override_names_its_replacement_but_old_files_still_load() -> None:
+    from npsemiseg.config import Config, ConfigError, apply_overrides, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"train\.fail_at_step: .*NPSEMISEG_FAIL_AT_STEP"):
+        apply_overrides(Config(), ["train.fail_at_step=2"])
+    data = Config().to_dict()
+    data["train"]["fail_at_step"] = 3  # as written by checkpoints before the key was retired
+    assert config_from_dict(data).train.iters == Config().train.iters
