@@ -53,20 +53,23 @@ def test_preflight_rejects_a_split_the_tree_cannot_fill(tmp_path, demo_root):
         preflight(settings, log=False)
 
 
-def _real_sweep(tmp_path: Path, demo_root: Path, capsys, split: str) -> tuple[int, str]:
+def _real_sweep(tmp_path: Path, demo_root: Path, capsys, monkeypatch, split: str) -> tuple[int, str]:
     """`voc_search.py --data-root <tiny tree>` (the real recipe: ResNet-50 + ImageNet weights)."""
-    import ray
+    import npsemiseg.tune.session as session
 
+    connects: list[tuple] = []  # the shared test Ray session may be up already: watch the driver's connect
+    monkeypatch.setattr(session, "connect", lambda *a, **k: connects.append((a, k)) or "")
     rc = sweep_main("voc", ["--data-root", str(demo_root / "voc"), "--splits", split,
                             "--storage-path", str(tmp_path / "rr"), "--trials", "2"])
-    assert not ray.is_initialized()  # nothing was started
+    assert connects == []  # the driver never reached Ray: nothing was started
     assert not (tmp_path / "rr").exists()
     err = capsys.readouterr().err
     return rc, err
 
 
-def test_missing_weights_stop_the_sweep_with_the_command_to_fetch_them(tmp_path, demo_root, capsys, no_weights):
-    rc, err = _real_sweep(tmp_path, demo_root, capsys, "voc/classic/92")
+def test_missing_weights_stop_the_sweep_with_the_command_to_fetch_them(tmp_path, demo_root, capsys, no_weights,
+                                                                      monkeypatch):
+    rc, err = _real_sweep(tmp_path, demo_root, capsys, monkeypatch, "voc/classic/92")
     assert rc == 2 and err.count("\n") == 1, err
     assert "split voc/classic/92: model.pretrained=torchvision: resnet50-" in err
     assert "npsemiseg fetch-weights" in err
@@ -77,7 +80,7 @@ def test_unfillable_split_stops_the_sweep_in_one_line(tmp_path, demo_root, capsy
     wdir.mkdir()
     (wdir / W.weight_files("resnet50")[0]).write_bytes(b"present")  # found; loaded only inside a trial
     monkeypatch.setenv(W.WEIGHTS_ENV, str(wdir))
-    rc, err = _real_sweep(tmp_path, demo_root, capsys, "voc/classic/1464")
+    rc, err = _real_sweep(tmp_path, demo_root, capsys, monkeypatch, "voc/classic/1464")
     assert rc == 2 and err.count("\n") == 1, err
     assert err.startswith("voc_search.py: error: split voc/classic/1464: ")
 

@@ -42,8 +42,9 @@ def test_searcher_routes_splits_and_tells_pruned_and_complete(tmp_path: Path) ->
     s.on_trial_result("t1", {"step": 10, "val/miou": 0.2, "time/train_s": 5.0})
     s.on_trial_complete("t1", {"step": 20, "val/miou": 0.3, "checkpoint_path": str(ck), "time/train_s": 9.5})
     for step in (10, 20, 30):  # the last report (step 40) arrives only with the completion
-        s.on_trial_result("t3", {"step": step, "val/miou": step / 100})
-    s.on_trial_complete("t3", {"step": 40, "val/miou": 0.45})
+        s.on_trial_result("t3", {"step": step, "val/miou": step / 100 + 0.3 * (step == 20),
+                                 "checkpoint_path": str(tmp_path / "t3" / f"checkpoint_step{step:08d}")})
+    s.on_trial_complete("t3", {"step": 40, "val/miou": 0.45, "checkpoint_path": str(tmp_path / "t3" / "c40")})
     s.on_trial_complete("t2", {"step": 10, "val/miou": 0.1}, error=True)
     s.on_trial_complete("t3", {"step": 40, "val/miou": 0.9})  # a second completion (restore) is ignored
 
@@ -51,7 +52,10 @@ def test_searcher_routes_splits_and_tells_pruned_and_complete(tmp_path: Path) ->
     t1, t3 = study.trials
     assert t1.state == STATE.PRUNED and t1.intermediate_values == {10: 0.2, 20: 0.3} and t1.value == 0.3
     assert t1.user_attrs == {"ray_trial_id": "t1", "split": "demo/1_8", "budget": 40, "steps": 20,
-                             "checkpoint": "t1/checkpoint_step00000020", "train_time_s": 9.5}
+                             "checkpoint": "t1/checkpoint_step00000020", "checkpoint_score": 0.3,
+                             "train_time_s": 9.5}
+    # the checkpoint attr follows the best val/miou (0.5 at step 20), as the results row and retention do
+    assert t3.user_attrs["checkpoint"] == "t3/checkpoint_step00000020" and t3.user_attrs["checkpoint_score"] == 0.5
     assert t3.state == STATE.COMPLETE and t3.value == 0.45 and sorted(t3.intermediate_values) == [10, 20, 30, 40]
     other = _study(tmp_path, "demo/1_4")
     assert [t.state for t in other.trials] == [STATE.FAIL, STATE.RUNNING]

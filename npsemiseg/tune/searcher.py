@@ -15,7 +15,8 @@ under ``data.split``. What Optuna is told (docs/sweeps.md "What Optuna sees"):
   it ends as any other trial (COMPLETE, PRUNED, or FAIL again).
 
 User attributes join the study to ``results.parquet``: ``ray_trial_id``, ``split``, ``steps``, ``budget``,
-``checkpoint`` (relative to the experiment folder), ``train_time_s``.
+``checkpoint`` (relative to the experiment folder: the best-val/miou checkpoint, the one the results row names and
+retention keeps) with its ``checkpoint_score``, ``train_time_s``.
 
 The searcher keeps no Optuna objects in its saved state (only which Tune trial is which Optuna trial number), so a
 restored sweep reloads the studies from the journal; ``fail_orphans`` marks trials asked for before a driver was
@@ -145,8 +146,14 @@ class SplitSearcher(Searcher):
             self.reported[trial_id] = step
         trial.set_user_attr("steps", step)
         ckpt = relative_to(result.get("checkpoint_path"), Path(self.experiment_dir))
-        if ckpt:
-            trial.set_user_attr("checkpoint", ckpt)
+        if ckpt:  # the checkpoint the results row keeps: best val/miou so far (the first such), else the latest
+            score, attrs = result.get(self.metrics[0]), trial.user_attrs
+            best = attrs.get("checkpoint_score")
+            if _finite(score) and (best is None or float(score) > best):
+                trial.set_user_attr("checkpoint", ckpt)
+                trial.set_user_attr("checkpoint_score", float(score))
+            elif best is None:
+                trial.set_user_attr("checkpoint", ckpt)
         if _finite(result.get(TRAIN_TIME)):
             trial.set_user_attr("train_time_s", round(float(result[TRAIN_TIME]), 3))
 
