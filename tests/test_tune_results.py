@@ -72,10 +72,13 @@ def test_history_drops_deleted_checkpoints_and_picks_best_retained(tmp_path: Pat
     for k in kept:
         k.mkdir(parents=True)
     raw = pd.DataFrame({"step": [10, 20, 30], "val/miou": [0.9, 0.5, 0.6], "junk": [1, 2, 3],
+                        "train/pl_coverage": [0.4, 0.6, 0.8], "val/teacher_miou": [0.3, 0.4, 0.5],
                         "checkpoint_path": [str(tmp_path / "t1" / "ck1"), str(kept[0]), str(kept[1])]})
     hist = clean_history(raw, tmp_path)
     assert list(hist["checkpoint_path"]) == [None, "t1/ck2", "t1/ck3"]  # ck1 deleted by retention: null
     assert "junk" not in hist
+    # the semi-supervised diagnostics a trial reports stay in the history (users compare them across trials)
+    assert list(hist["train/pl_coverage"]) == [0.4, 0.6, 0.8] and list(hist["val/teacher_miou"]) == [0.3, 0.4, 0.5]
     assert pick_checkpoint(hist) == "t1/ck3"  # the best retained one, relative to the experiment folder
     remote = clean_history(raw, tmp_path, "s3")
     assert pick_checkpoint(remote) == f"s3://{tmp_path}/t1/ck1"  # remote: not checked, URI restored

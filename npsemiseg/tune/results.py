@@ -36,8 +36,12 @@ from npsemiseg.tune.common import (
     study_name,
 )
 
+# the semi-supervised diagnostics (docs/training.md) where a trial reports them: pseudo-label coverage/accuracy,
+# the effective unsupervised weight and threshold, teacher vs student mIoU
+SEMI_COLUMNS = ("train/pl_coverage", "train/pl_accuracy", "train/unsup_weight", "train/conf_threshold",
+                "val/teacher_miou", "val/student_miou")
 HISTORY_COLUMNS = ("training_iteration", "step", "val/miou", "val/ece", "val/err_auroc", "val/pavpu",
-                   "checkpoint_path", TRAIN_TIME)
+                   *SEMI_COLUMNS, "checkpoint_path", TRAIN_TIME)
 
 
 def _float(v: Any) -> float:
@@ -187,6 +191,8 @@ def trial_row(settings: Any, result: Any, ctx: dict[str, Any]) -> tuple[dict, pd
         "last_ece": _float(metrics.get("val/ece")),
         "last_err_auroc": _float(metrics.get("val/err_auroc")),
         "last_pavpu": _float(metrics.get("val/pavpu")),
+        "last_pl_coverage": _float(metrics.get("train/pl_coverage")),
+        "last_pl_accuracy": _float(metrics.get("train/pl_accuracy")),
         "seed": int(config.get("seed", settings.base.seed)),
         "sampler_seed": sampler_seed(settings.seed, split),
         "start_time": _iso(times.first_start if times else None),
