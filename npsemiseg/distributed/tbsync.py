@@ -11,30 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pyarrow.fs as pafs
-
-
-def upload_tree(local: Path, uri: str) -> int:
-    """Copy every file below ``local`` to ``uri`` (same relative names); returns the number of files."""
-    if not local.is_dir():
-        return 0
-    fs, root = pafs.FileSystem.from_uri(uri.rstrip("/"))
-    n = 0
-    for f in sorted(local.rglob("*")):
-        if f.is_file():
-            dst = f"{root}/{f.relative_to(local).as_posix()}"
-            if isinstance(fs, pafs.LocalFileSystem):  # object stores have no folders to make
-                fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
-            pafs.copy_files(str(f), dst, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-            n += 1
-    return n
+from npsemiseg.storage import Storage
 
 
 class TensorBoardSync:
     """A daemon thread that mirrors ``local`` to ``uri``; ``stop()`` does a last upload."""
 
     def __init__(self, local: str | Path, uri: str, every_s: float = 30.0) -> None:
-        self.local, self.uri, self.every_s = Path(local), uri, every_s
+        self.local, self.storage, self.every_s = Path(local), Storage(uri), every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tb-sync", daemon=True)
 
@@ -45,14 +29,16 @@ class TensorBoardSync:
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
-                upload_tree(self.local, self.uri)
+                self.storage.put_tree(self.local)
             except OSError:  # a storage hiccup must not kill training; the next round retries
                 pass
 
     def stop(self) -> int:
+        """Stop the thread, upload once more; returns the number of files now mirrored."""
         self._stop.set()
         self._thread.join(timeout=60)
-        return upload_tree(self.local, self.uri)
+        self.storage.put_tree(self.local)
+        return sum(1 for f in self.local.rglob("*") if f.is_file() and not f.name.startswith("."))
 
 
 @contextmanager

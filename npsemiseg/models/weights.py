@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from npsemiseg.errors import UserError
+from npsemiseg.errors import UserError, one_line
 
 WEIGHTS_ENV = "NPSEMISEG_WEIGHTS_DIR"
 DOWNLOAD_BASE = "https://download.pytorch.org/models/"
@@ -105,7 +105,7 @@ def _get(source: str, name: str, dst: Path) -> None:
         else:
             shutil.copyfile(Path(source).expanduser() / name, dst)
     except (OSError, ValueError) as e:  # URLError is an OSError
-        raise UserError(f"--from: cannot fetch {src} ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+        raise UserError(f"--from: cannot fetch {src} ({one_line(e)})") \
             from None
 
 
@@ -120,7 +120,7 @@ def _put(local: Path, out: str, name: str) -> str:
             with open(local, "rb") as fin, fs.open_output_stream(path) as fout:
                 shutil.copyfileobj(fin, fout)
         except (OSError, ValueError) as e:
-            raise UserError(f"--out: cannot write {dst} ({str(e).splitlines()[0]})") from None
+            raise UserError(f"--out: cannot write {dst} ({one_line(e)})") from None
         return dst
     folder = Path(out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

@@ -53,8 +53,8 @@ def trial_tensorboard(storage_root: str, experiment: str, config: dict[str, Any]
     local = write_hparams(Path(trial_dir) / "tb", str(config.get(SPLIT_KEY, "")), params)
     if "://" not in storage_root:
         return {}  # the trial folder is already in the storage
-    from npsemiseg.distributed.tbsync import upload_tree
+    from npsemiseg.storage import Storage
 
     dest = tensorboard_dest(storage_root, experiment, trial_dir)
-    upload_tree(local, dest)
+    Storage(dest).put_tree(local)
     return {"tensorboard_uri": dest}
