@@ -98,6 +98,7 @@ class TrainConfig:
     unsup_weight: float = 1.0
     unsup_ramp: int = 0  # steps of sigmoid ramp-up exp(-5(1-s/R)^2) of unsup_weight (0 = constant, the paper)
     unsup_feature_dropout: float = 0.0  # Dropout2d rate on the encoder features of the strong views (0 = off)
+    strong_views: int = 1  # strong views per unlabelled image: 1 (the paper) or 2 (UniMatch's dual strong views)
     entropy_threshold: float = 0.0  # > 0: also drop pseudo-labels with entropy above it
     target_bank_filter: bool = False  # write only confident pseudo-labels into the target bank
     ema_decay: float = 0.99
@@ -250,6 +251,7 @@ def validate(cfg: Config) -> Config:
     _check(t.unsup_ramp >= 0, "train.unsup_ramp", f"must be >= 0, got {t.unsup_ramp}")
     _check(0 <= t.unsup_feature_dropout < 1, "train.unsup_feature_dropout",
            f"must be in [0, 1), got {t.unsup_feature_dropout}")
+    _check(t.strong_views in (1, 2), "train.strong_views", f"must be 1 or 2, got {t.strong_views}")
     _check(t.entropy_threshold >= 0, "train.entropy_threshold", "must be >= 0")
     _check(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")

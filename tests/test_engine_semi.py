@@ -22,6 +22,7 @@ from npsemiseg.errors import ConfigError
     ("train.unsup_ramp", -1), ("train.threshold_ramp", -5), ("train.conf_threshold_start", 1.5),
     ("train.conf_threshold_start", -0.5), ("train.unsup_ramp", 2.5), ("train.eval_both", "maybe"),
     ("train.pl_gt_metrics", 3), ("train.threshold_mode", "adaptive"), ("train.unsup_feature_dropout", 1.0),
+    ("train.strong_views", 3), ("train.strong_views", 0),
 ])
 def test_new_keys_reject_bad_values_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=f"^{key.replace('.', '[.]')}:"):
@@ -191,6 +192,47 @@ def test_feature_dropout_perturbs_only_the_unlabelled_rows(tiny_cfg, one_thread)
         assert torch.equal(model.encoder(x), ref)
     assert not model.encoder._forward_hooks  # the hook is removed on exit
 
+
+def test_second_strong_view_is_independent_and_leaves_view_one_unchanged():
+    image = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    one, two = UnlabelledTransform(48, 0.8, 1.2), UnlabelledTransform(48, 0.8, 1.2, strong_views=2)
+    differs = 0
+    for seed in range(4):
+        torch.manual_seed(seed)
+        a = one(image)
+        torch.manual_seed(seed)
+        b = two(image)
+        assert set(b) == set(a) | {"image_s2", "box2"} and b["image_s2"].shape == a["image_s"].shape
+        for k in a:  # view 1 (and the weak view) draw first, so they match the one-view transform
+            assert torch.equal(a[k], b[k]), k
+        assert b["box2"].shape == a["box"].shape and set(b["box2"].unique().tolist()) <= {0, 1}
+        differs += not torch.equal(b["image_s2"], b["image_s"])
+    assert differs >= 2  # colour jitter (p=0.8) and blur draw again for the second view
+
+
+def test_two_strong_views_feed_the_student_and_average_their_losses(tiny_cfg, one_thread, monkeypatch):
+    import npsemiseg.engine.step as step_mod
+
+    real, calls = step_mod.masked_ce_loss, []
+
+    def spy(logits, pl):
+        value = real(logits, pl)
+        calls.append((logits.shape[0], float(value.detach())))
+        return value
+
+    monkeypatch.setattr(step_mod, "masked_ce_loss", spy)
+    for views in (1, 2):
+        cfg = apply_overrides(tiny_cfg, {"train.strong_views": views, "train.conf_threshold": 0.0})
+        bl, bu, data = _batches(cfg)
+        assert ("image_s2" in bu) == (views == 2)
+        state = build_state(cfg, num_classes=data.num_classes)
+        rows: list[int] = []
+        state.model.register_forward_pre_hook(lambda _m, args, seen=rows: seen.append(args[0].shape[0]))
+        calls.clear()
+        m = train_step(state, bl, bu)
+        assert rows == [2 + 2 * views]  # labelled rows, then each strong view's rows
+        assert [c[0] for c in calls] == [2] * views and all(c[1] > 0 for c in calls)
+        assert m["train/loss_unsup"] == pytest.approx(sum(c[1] for c in calls) / views, rel=1e-5)
 
 
 def test_alt_demo_variant_has_other_classes(tmp_path):

@@ -81,6 +81,6 @@ def build_datasets(cfg: Config) -> TrainData:
     labelled = LabelledDataset(split.labelled, num_classes, LabelledTransform(d.crop_size, d.scale_min, d.scale_max))
     unlabelled = None
     if split.unlabelled:
-        unlabelled = UnlabelledDataset(split.unlabelled, UnlabelledTransform(d.crop_size, d.scale_min, d.scale_max),
-                                       gt_classes=num_classes if cfg.train.pl_gt_metrics else 0)
+        u_tf = UnlabelledTransform(d.crop_size, d.scale_min, d.scale_max, strong_views=cfg.train.strong_views)
+        unlabelled = UnlabelledDataset(split.unlabelled, u_tf, gt_classes=num_classes if cfg.train.pl_gt_metrics else 0)
     return TrainData(labelled, unlabelled, ValDataset(val, num_classes), num_classes, split.info)

@@ -107,10 +107,14 @@ class LabelledTransform:
 
 
 class UnlabelledTransform:
-    """image array -> ``{"image_w", "image_s", "ignore" (254 at padding), "box" (CutMix, 1 inside)}``."""
+    """image array -> ``{"image_w", "image_s", "ignore" (254 at padding), "box" (CutMix, 1 inside)}``; with
+    ``strong_views=2`` also ``"image_s2"`` / ``"box2"``: a second, independently drawn strong view of the same weak
+    view and its own CutMix box (UniMatch's dual strong views). Its draws come after all of view 1's, so view 1
+    is the same with one or two views."""
 
-    def __init__(self, crop: int, scale_min: float = 0.5, scale_max: float = 2.0, cutmix_p: float = 0.5) -> None:
-        self.crop, self.cutmix_p = crop, cutmix_p
+    def __init__(self, crop: int, scale_min: float = 0.5, scale_max: float = 2.0, cutmix_p: float = 0.5,
+                 strong_views: int = 1) -> None:
+        self.crop, self.cutmix_p, self.strong_views = crop, cutmix_p, strong_views
         self.weak = weak_transform(crop, scale_min, scale_max, PAD)
         self.strong = strong_transform()
 
@@ -129,6 +133,9 @@ class UnlabelledTransform:
             "ignore": torch.where(m == PAD, PAD, 0) if known else m,
             "box": cutmix_box(self.crop, self.cutmix_p),
         }
+        if self.strong_views == 2:
+            out["image_s2"] = normalize(self.strong(img_w))
+            out["box2"] = cutmix_box(self.crop, self.cutmix_p)
         if known or with_gt:
             out["gt"] = torch.where(m == PAD, IGNORE, m) if known else torch.full_like(m, IGNORE)
         return out

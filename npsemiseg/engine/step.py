@@ -157,7 +157,11 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
             else:
                 pl = pseudo_labels(probs, ign, thr, tc.entropy_threshold)
             u_mix, pl_mix = cutmix(u_s, box, pl)
-        inp = torch.cat([x, u_mix])
+            views = [(u_mix, pl_mix)]
+            if tc.strong_views == 2:  # UniMatch: a second strong view, mixed with the other batch neighbour
+                s2, box2 = batch_u["image_s2"].to(dev, non_blocking=True), batch_u["box2"].to(dev, non_blocking=True)
+                views.append(cutmix(s2, box2, pl, shifts=-1))
+        inp = torch.cat([x, *(v[0] for v in views)])
 
     state.student.train()
     with _autocast(state), _feature_dropout(state.model, n_l, tc.unsup_feature_dropout if semi else 0.0):
@@ -167,7 +171,11 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         loss_sup = ohem_ce_loss(logits[:n_l], y, tc.ohem_thresh, tc.ohem_min_kept)
     else:
         loss_sup = ce_loss(logits[:n_l], y)
-    loss_unsup = masked_ce_loss(logits[n_l:], pl_mix) if semi else logits.new_zeros(())
+    loss_unsup = logits.new_zeros(())
+    if semi:  # the mean over strong views, each against the weak view's pseudo-labels (mixed alike)
+        n_u = pl_mix.label.shape[0]
+        loss_unsup = sum(masked_ce_loss(logits[n_l + i * n_u:n_l + (i + 1) * n_u], v[1])
+                         for i, v in enumerate(views)) / len(views)
     loss_kl = out.kl.float() if torch.is_tensor(out.kl) else logits.new_tensor(float(out.kl))
     w_u = unsup_weight_at(state.step, tc) if semi else 0.0
     loss = loss_sup + w_u * loss_unsup + mc.kl_weight * loss_kl
