@@ -110,3 +110,26 @@ def test_resources_rules() -> None:
         TrialResources(workers=2, gpus_per_trial=3)
     with pytest.raises(UserError, match="--cpus-per-worker"):
         TrialResources(cpus_per_worker=0)
+
+
+def test_default_experiment_name_follows_a_non_default_space() -> None:
+    import argparse
+
+    from npsemiseg.tune.cli import add_sweep_args, default_experiment
+
+    p = argparse.ArgumentParser()
+    add_sweep_args(p, "voc")
+    assert default_experiment(p.parse_args([]), "voc") == "voc_demo"
+    assert default_experiment(p.parse_args(["--space", "configs/search/demo.yaml"]), "voc") == "voc_demo"
+    assert default_experiment(p.parse_args(["--space", "configs/search/semi.yaml"]), "voc") == "voc_demo_semi"
+    assert default_experiment(p.parse_args(["--smoke-test"]), "voc") == "voc_smoke"
+    real = p.parse_args(["--data-root", "/data/voc", "--space", "configs/search/voc.yaml"])
+    assert default_experiment(real, "voc") == "voc_search"
+
+
+def test_semi_search_space_loads_and_its_extremes_validate() -> None:
+    space = load_space(REPO / "configs" / "search" / "semi.yaml")
+    assert set(space.keys) >= {"train.conf_threshold", "train.strong_views", "train.threshold_mode"}
+    assert space.splits == ["demo/1_16", "demo/1_8"]
+    cfg = space.base_config([])
+    assert (cfg.train.iters, cfg.data.crop_size) == (600, 64)

@@ -26,6 +26,15 @@ def _default_space(dataset: str, demo: bool) -> Path:
     return REPO / "configs" / "search" / name
 
 
+def default_experiment(args: argparse.Namespace, dataset: str) -> str:
+    """``<dataset>_demo`` / ``_smoke`` / ``_search``, plus ``_<stem>`` of a non-default ``--space`` file, so a sweep
+    over another space never resumes (and mixes its trials into) the default sweep's experiment."""
+    name = f"{dataset}_{'smoke' if args.smoke_test else 'demo' if args.data_root is None else 'search'}"
+    if args.space and Path(args.space).resolve() != _default_space(dataset, args.data_root is None).resolve():
+        name += f"_{Path(args.space).stem}"
+    return name
+
+
 def add_sweep_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
     """The sweep flags (shared by both scripts and ``npsemiseg sweep``)."""
     if dataset is None:
@@ -62,8 +71,8 @@ def add_sweep_args(p: argparse.ArgumentParser, dataset: str | None) -> None:
                         "checkpoints")
     g.add_argument("--local-dir", default="ray_results",
                    help="with a URI --storage-path: local root for the Optuna journal, tables, plots and exports")
-    g.add_argument("--experiment", help="experiment name (default <dataset>_demo / _smoke / _search); rerun the "
-                                        "same command to resume it")
+    g.add_argument("--experiment", help="experiment name (default <dataset>_demo / _smoke / _search, + _<space "
+                   "stem> with a non-default --space); rerun the same command to resume it")
     g.add_argument("--num-to-keep", type=int, default=2, help="checkpoints kept per trial")
     g.add_argument("--max-failures", type=int,
                    help=f"restarts of a failed trial (node lost, spot reclaim), each from its last checkpoint; "
@@ -149,7 +158,7 @@ def settings_from_args(args: argparse.Namespace, dataset: str) -> Any:
     resources = TrialResources(workers=args.workers_per_trial, cpus_per_worker=cpus, gpus_per_trial=gpus)
     if resources.use_gpu:
         over.setdefault("device", "cuda")
-    experiment = args.experiment or f"{dataset}_{'smoke' if args.smoke_test else 'demo' if demo else 'search'}"
+    experiment = args.experiment or default_experiment(args, dataset)
     return SweepSettings(
         space=space, experiment=experiment, storage_root=args.storage_path, local_dir=args.local_dir,
         splits=splits, overrides=over,
