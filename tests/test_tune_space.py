@@ -133,3 +133,13 @@ def test_semi_search_space_loads_and_its_extremes_validate() -> None:
     assert space.splits == ["demo/1_16", "demo/1_8"]
     cfg = space.base_config([])
     assert (cfg.train.iters, cfg.data.crop_size) == (600, 64)
+
+
+def test_local_instance_fits_max_concurrent_single_cpu_trials() -> None:
+    from npsemiseg.tune.resources import local_cpus
+
+    one = TrialResources(workers=1, cpus_per_worker=1.0)
+    assert one.fits({"CPU": 2.0}) == 1  # the trial drivers' slivers would cost a whole core ...
+    for cores, trials in ((2, 2), (4, 4), (16, 8), (8, 150)):
+        assert one.fits({"CPU": float(local_cpus(cores, trials))}) >= min(cores, trials)  # ... not with them added
+    assert local_cpus(2, 2) == 3 and local_cpus(4, 100) == 5 and local_cpus(4, 101) == 6

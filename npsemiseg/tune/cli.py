@@ -193,6 +193,10 @@ def run_from_args(args: argparse.Namespace, dataset: str) -> int:
     preflight(settings)  # what every trial would check first, once, on the driver
 
     num_cpus = args.num_cpus or budget_of(args)["num_cpus"]
+    if num_cpus:  # only used when a local instance is started
+        from npsemiseg.tune.resources import local_cpus
+
+        num_cpus = local_cpus(num_cpus, settings.max_concurrent)
     url = connect(address=args.address, use_gpu=settings.resources.use_gpu, num_cpus=num_cpus,
                   log_to_driver=args.verbose)
     print(f"[ray] dashboard: {url or '(not available on this cluster)'}", flush=True)

@@ -6,6 +6,7 @@ trial never share a GPU (NCCL refuses two ranks on one device), so a fraction re
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from npsemiseg.errors import UserError
@@ -72,3 +73,10 @@ class TrialResources:
     def describe(self) -> str:
         gpu = f", {self.gpus_per_trial:g} GPU" if self.use_gpu else ""
         return f"{self.workers} worker(s) x {self.cpus_per_worker:g} CPU{gpu} per trial"
+
+
+def local_cpus(num_cpus: int, max_concurrent: int) -> int:
+    """Logical CPUs for a local Ray instance meant to run ``max_concurrent`` trials on ``num_cpus`` cores: one
+    more per 100 trial drivers, so the drivers' slivers (``TRIAL_DRIVER_CPU``) never take a worker's core
+    (``--num-cpus 2 --max-concurrent 2`` would otherwise run one trial while the second waits for its worker)."""
+    return num_cpus + math.ceil(max_concurrent * TRIAL_DRIVER_CPU)
