@@ -122,8 +122,9 @@ class SplitNormDecoder(SpecDecoder):
         return torch.stack(outs)
 
 
-class FilmDecoder(SpecDecoder):
-    """IN(conv(F)) + Linear(cat(z, d)) before the first ReLU, then ``spec``'s second block and classifier."""
+class FilmDecoder(SplitNormDecoder):
+    """IN(conv(F)) + Linear(cat(z, d)) before the first ReLU, then ``spec``'s second block and classifier
+    (``splitnorm``'s ``shared`` and ``rest``, with conv(F) over F alone)."""
 
     def __init__(self, in_channels: int, latent_dim: int, channels: int, num_classes: int) -> None:
         super().__init__(in_channels, latent_dim, channels, num_classes)
@@ -135,14 +136,9 @@ class FilmDecoder(SpecDecoder):
     def _conv_f(self, feats: torch.Tensor) -> torch.Tensor:
         return self.dec1(feats)
 
-    def shared(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.dec1(feats))
-
     def first(self, base: torch.Tensor, feats: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         shift = self.film(torch.cat([z, d[None].expand_as(z)], -1))  # T x B x Ch
         return base[None] + shift[..., None, None]
-
-    rest = SplitNormDecoder.rest
 
     def reference(self, feats: torch.Tensor, z: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.rest(self.norm(self.dec1(feats)) + self.film(torch.cat([zt, d], -1))[..., None, None])
