@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from npsemiseg.engine.losses import PAD, PseudoLabels
+from npsemiseg.data.labels import IGNORE, PAD
+from npsemiseg.engine.losses import PseudoLabels
 
 
 @torch.no_grad()
@@ -26,7 +27,7 @@ def pl_metrics(pl: PseudoLabels, gt: torch.Tensor | None = None) -> dict[str, fl
     out = {"train/pl_coverage": float(pl.mask.sum() / valid.sum().clamp_min(1))}
     if gt is None:
         return out
-    known = valid & (gt != 255)
+    known = valid & (gt != IGNORE)
     right = (pl.label == gt) & known
     n_known, n_masked = int(known.sum()), int((pl.mask & known).sum())
     nan = float("nan")

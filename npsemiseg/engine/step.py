@@ -173,9 +173,8 @@ def train_step(state: TrainState, batch_l: dict[str, torch.Tensor],
         loss_sup = ce_loss(logits[:n_l], y)
     loss_unsup = logits.new_zeros(())
     if semi:  # the mean over strong views, each against the weak view's pseudo-labels (mixed alike)
-        n_u = pl_mix.label.shape[0]
-        loss_unsup = sum(masked_ce_loss(logits[n_l + i * n_u:n_l + (i + 1) * n_u], v[1])
-                         for i, v in enumerate(views)) / len(views)
+        chunks = logits[n_l:].chunk(len(views))
+        loss_unsup = sum(masked_ce_loss(lg, v_pl) for lg, (_, v_pl) in zip(chunks, views, strict=True)) / len(views)
     loss_kl = out.kl.float() if torch.is_tensor(out.kl) else logits.new_tensor(float(out.kl))
     w_u = unsup_weight_at(state.step, tc) if semi else 0.0
     loss = loss_sup + w_u * loss_unsup + mc.kl_weight * loss_kl
