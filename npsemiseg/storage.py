@@ -86,17 +86,25 @@ class Storage:
         os.replace(tmp, local)
         return True
 
-    def put_tree(self, local: str | os.PathLike, rel: str = "", only: tuple[str, ...] = ()) -> int:
-        """Upload the files below ``local`` (or only the top-level entries named in ``only``); returns bytes sent."""
+    @staticmethod
+    def tree_files(local: str | os.PathLike, only: tuple[str, ...] = ()) -> list[tuple[Path, str]]:
+        """(file, relative posix name) of what ``put_tree`` sends: the files below ``local`` (only the top-level
+        entries named in ``only``, when given), hidden files left out; [] when ``local`` is not a folder."""
         base = Path(local)
         if not base.is_dir():
-            return 0
-        sent = 0
+            return []
+        out = []
         for f in sorted(base.rglob("*")):
             r = f.relative_to(base)
-            if not f.is_file() or (only and r.parts[0] not in only) or f.name.startswith("."):
-                continue
-            self.put_file(f, f"{rel}/{r.as_posix()}" if rel else r.as_posix())
+            if f.is_file() and not (only and r.parts[0] not in only) and not f.name.startswith("."):
+                out.append((f, r.as_posix()))
+        return out
+
+    def put_tree(self, local: str | os.PathLike, rel: str = "", only: tuple[str, ...] = ()) -> int:
+        """Upload ``tree_files(local, only)`` below ``rel``; returns bytes sent."""
+        sent = 0
+        for f, r in self.tree_files(local, only):
+            self.put_file(f, f"{rel}/{r}" if rel else r)
             sent += f.stat().st_size
         return sent
 

@@ -38,7 +38,7 @@ class TensorBoardSync:
         self._stop.set()
         self._thread.join(timeout=60)
         self.storage.put_tree(self.local)
-        return sum(1 for f in self.local.rglob("*") if f.is_file() and not f.name.startswith("."))
+        return len(Storage.tree_files(self.local))
 
 
 @contextmanager
