@@ -143,3 +143,19 @@ def test_local_instance_fits_max_concurrent_single_cpu_trials() -> None:
     for cores, trials in ((2, 2), (4, 4), (16, 8), (8, 150)):
         assert one.fits({"CPU": float(local_cpus(cores, trials))}) >= min(cores, trials)  # ... not with them added
     assert local_cpus(2, 2) == 3 and local_cpus(4, 100) == 5 and local_cpus(4, 101) == 6
+
+
+def test_plan_warns_when_fewer_trials_fit_than_max_concurrent(tmp_path: Path) -> None:
+    import argparse
+
+    from npsemiseg.tune.cli import add_sweep_args, settings_from_args
+    from npsemiseg.tune.sweep import plan_lines
+
+    p = argparse.ArgumentParser()
+    add_sweep_args(p, "voc")
+    args = p.parse_args(["--dry-run", "--max-concurrent", "2", "--demo-root", str(tmp_path / "demo"),
+                         "--storage-path", str(tmp_path / "rr"), "--local-dir", str(tmp_path / "rr")])
+    settings = settings_from_args(args, "voc")
+    tight = [line for line in plan_lines(settings, {"CPU": 2.0}) if line.startswith("warning")]
+    assert len(tight) == 1 and "only 1 of --max-concurrent 2" in tight[0]
+    assert not [line for line in plan_lines(settings, {"CPU": 3.0}) if line.startswith("warning")]

@@ -290,7 +290,7 @@ def plan_lines(settings: SweepSettings, cluster: dict[str, float] | None = None)
         lines.append(f"cluster      {have} -> {fit_now} trial(s) fit at once now")
         if fit_now < 1:
             lines.append("warning      no trial fits on the cluster yet (an autoscaler may add nodes)")
-        elif fit_now < min(settings.max_concurrent, settings.total_trials()):
+        elif slots(settings, cluster) < slots(settings, None):  # fewer fit now than the sweep would run at once
             lines.append(f"warning      only {fit_now} of --max-concurrent {settings.max_concurrent} trials fit now; "
                          "the others wait for their workers (an autoscaler may add nodes)")
     return lines
